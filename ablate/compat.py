@@ -1,0 +1,140 @@
+"""The one place where ablate changes third-party behaviour.
+
+Everything here is applied by :func:`apply`, before mmseg is imported, and each patch is a no-op
+where it is not needed:
+
+* **mmcv-lite.** mmcv-lite is mmcv without its compiled extension (``mmcv._ext``), yet mmseg
+  imports ``mmcv.ops`` at import time. Under mmcv-lite we install a stand-in ``mmcv.ops`` that
+  provides a pure-torch ``point_sample`` and, for every other op, a placeholder that raises
+  :class:`MissingMMCVOp` naming the op when it is used. With full mmcv nothing is patched and its
+  compiled ops (``carafe`` among them) are used.
+* **torch.load.** torch >= 2.6 loads with ``weights_only=True`` by default, which cannot read the
+  optimiser and message-hub state that mmengine stores in its checkpoints, so resume breaks.
+  :func:`trust_checkpoints_under` names directories whose checkpoints this tool wrote; only files
+  under them are loaded with ``weights_only=False``. Every other file keeps torch's safe default.
+* **CPU DDP.** :func:`cpu_ddp_overrides` gives the config keys that make mmengine's distributed
+  training work without CUDA: the gloo backend, ``device_ids=None`` and plain BatchNorm.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+_TRUSTED_DIRS: list[Path] = []
+_applied = False
+
+
+class MissingMMCVOp(RuntimeError):
+    """An mmcv compiled op was used under mmcv-lite."""
+
+
+def has_full_mmcv() -> bool:
+    """Whether mmcv's compiled extension (``mmcv._ext``) is importable."""
+    try:
+        return importlib.util.find_spec("mmcv._ext") is not None
+    except ModuleNotFoundError:  # mmcv itself is missing
+        return False
+
+
+def apply() -> None:
+    """Apply every patch once; safe to call many times, and before or after importing torch."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    if importlib.util.find_spec("mmcv") is not None and not has_full_mmcv():
+        _install_lite_ops()
+    _patch_torch_load()
+
+
+def _point_sample(input, points, align_corners=False, **kwargs):
+    """Pure-torch ``mmcv.ops.point_sample``: bilinear samples at points given in [0, 1] coordinates."""
+    import torch.nn.functional as F
+
+    add_dim = points.dim() == 3
+    if add_dim:
+        points = points.unsqueeze(2)
+    output = F.grid_sample(input, 2.0 * points - 1.0, align_corners=align_corners, **kwargs)
+    return output.squeeze(3) if add_dim else output
+
+
+def _missing_op(name: str):
+    message = (
+        f"mmcv.ops.{name} needs mmcv's compiled ops, but mmcv-lite is installed; "
+        "install full mmcv (see the README, 'CUDA machines') to use it"
+    )
+
+    class _Missing:
+        def __init__(self, *args, **kwargs):
+            raise MissingMMCVOp(message)
+
+        def __init_subclass__(cls, **kwargs):  # subclasses fail when built, not when defined
+            super().__init_subclass__(**kwargs)
+
+        @classmethod
+        def apply(cls, *args, **kwargs):
+            raise MissingMMCVOp(message)
+
+    _Missing.__name__ = _Missing.__qualname__ = name
+    return _Missing
+
+
+def _install_lite_ops() -> None:
+    ops = types.ModuleType("mmcv.ops")
+    ops.__doc__ = "ablate's stand-in for mmcv.ops under mmcv-lite (see ablate.compat)."
+    ops.__file__ = __file__
+    ops.__path__ = []  # a package, so `import mmcv.ops.x` fails with ModuleNotFoundError
+    ops.point_sample = _point_sample
+    ops.__getattr__ = lambda name: _lite_getattr(ops, name)
+    sys.modules["mmcv.ops"] = ops
+    import mmcv
+
+    mmcv.ops = ops
+
+
+def _lite_getattr(module: types.ModuleType, name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    placeholder = _missing_op(name)
+    setattr(module, name, placeholder)
+    return placeholder
+
+
+def trust_checkpoints_under(directory: str | os.PathLike) -> None:
+    """Let checkpoints below ``directory`` (written by this tool) load with ``weights_only=False``."""
+    _TRUSTED_DIRS.append(Path(directory).resolve())
+
+
+def _is_trusted(f) -> bool:
+    if not isinstance(f, (str, os.PathLike)):
+        return False
+    path = Path(f).resolve()
+    return any(path.is_relative_to(d) for d in _TRUSTED_DIRS)
+
+
+def _patch_torch_load() -> None:
+    import torch
+
+    original = torch.load
+    if getattr(original, "_ablate_patched", False):
+        return
+
+    def load(f, *args, **kwargs):
+        if "weights_only" not in kwargs and _is_trusted(f):
+            kwargs["weights_only"] = False
+        return original(f, *args, **kwargs)
+
+    load._ablate_patched = True
+    load.__doc__ = original.__doc__
+    torch.load = load
+
+
+def cpu_ddp_overrides() -> dict:
+    """Config keys that make mmengine's DDP run on CPU processes (gloo, no device ids, plain BN)."""
+    return {
+        "env_cfg.dist_cfg": {"backend": "gloo"},
+        "model_wrapper_cfg": {"type": "MMDistributedDataParallel", "device_ids": None},
+    }

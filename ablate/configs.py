@@ -1,0 +1,186 @@
+"""Variant configs: a study's (variant, profile, seed) resolved into an mmengine ``Config``.
+
+Reads the study's base config and writes, on request, one ``config.py`` per run. The order of
+overrides is base -> profile -> variant -> run (seed, work_dir, data root), so a profile changes
+only the keys it names and a variant only its switches. Every override key must exist in the base
+config; a key prefixed with ``+`` may add a new one. Unknown keys are reported with the closest
+existing key, the study file and its line.
+
+mmengine is imported here but torch and mmseg are not: custom imports (``freqfusion``) are left to
+the process that builds the model, so that resolving configs stays fast.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ablate.errors import ConfigError, did_you_mean
+from ablate.study import Run, Study
+
+_MISSING = object()
+
+
+def load_base(study: Study):
+    """The study's base config, parsed once per study file and copied for each caller."""
+    key = (str(study.base.resolve()), study.base.stat().st_mtime_ns)
+    if key not in _BASE_CACHE:
+        from mmengine.config import Config
+
+        try:
+            with warnings.catch_warnings():  # mmengine's pkg_resources use warns on every load
+                warnings.simplefilter("ignore", UserWarning)
+                _BASE_CACHE[key] = Config.fromfile(str(study.base), import_custom_modules=False)
+        except Exception as exc:  # mmengine raises many kinds; the user needs the message
+            raise ConfigError(f"{study.path.name}: base config `{study.base}` does not load: {exc}") from None
+    return copy.deepcopy(_BASE_CACHE[key])
+
+
+_BASE_CACHE: dict = {}
+
+
+def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
+    """The full config of one run.
+
+    Args:
+        study: the loaded study.
+        run: one of ``study.runs(...)``; its variant, profile, seed and work_dir are applied.
+        data_root: dataset root for every dataloader; None keeps the base config's.
+
+    Returns:
+        An ``mmengine.Config`` with an extra top-level ``ablate`` dict naming the run.
+    """
+    cfg = load_base(study)
+    profile = study.profile(run.profile)
+    variant = study.variant(run.variant)
+    apply_overrides(cfg, profile.overrides, study, f"profiles.{profile.name}.overrides")
+    apply_overrides(cfg, variant.overrides, study, f"variants.{variant.name}.overrides")
+    cfg.work_dir = str(run.work_dir)
+    cfg.randomness = dict(seed=run.seed, deterministic=False)
+    if data_root is not None:
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            if loader in cfg and cfg[loader] is not None:
+                cfg[loader].dataset.data_root = str(data_root)
+    cfg.ablate = dict(
+        study=study.name,
+        profile=run.profile,
+        variant=run.variant,
+        seed=run.seed,
+        overrides=dict(variant.overrides),
+    )
+    return cfg
+
+
+def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) -> None:
+    """Set dotted keys (``a.b.0.c``) on ``cfg``; a key that does not exist is a ConfigError."""
+    problems = []
+    for dotted, value in overrides.items():
+        adding = dotted.startswith("+")
+        key = dotted.lstrip("+")
+        parent, leaf, reason = _walk(cfg, key.split("."))
+        if reason is not None and not (adding and parent is not None):
+            line = study.key_lines.get(f"{where}.{dotted}")
+            section, name = where.split(".")[:2]  # "variants", "dwt"
+            problems.append(f"{study.path.name}{f':{line}' if line else ''}: {section[:-1]} `{name}`: {reason}")
+            continue
+        value = _plain(value)
+        if isinstance(parent, list):
+            parent[int(leaf)] = value
+        else:
+            parent[leaf] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _walk(cfg, parts: list[str]):
+    """Find the container of ``parts[-1]``: returns (parent, leaf, None) or (parent|None, leaf, why)."""
+    node = cfg
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return None, part, f"`{here}`: index {part} out of range for a list of {len(node)}"
+            if last:
+                return node, part, None
+            node = node[int(part)]
+        elif hasattr(node, "keys"):  # dict, ConfigDict or Config
+            if part not in node:
+                keys = [str(k) for k in node.keys()]
+                why = f"`{here}` not in base config" + did_you_mean(part, keys)
+                return (node if last else None), part, why
+            if last:
+                return node, part, None
+            node = node[part]
+        else:
+            return None, part, f"`{'.'.join(parts[:depth])}` is a {type(node).__name__}, not a mapping"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _plain(value):
+    """YAML values as mmengine expects them: lists of numbers that mean sizes become tuples."""
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        return tuple(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def dump(cfg, path: str | os.PathLike) -> str:
+    """Write ``cfg`` as a ``config.py`` at ``path`` (atomically); returns the config's hash."""
+    from ablate.io import atomic_write
+
+    text = cfg.pretty_text
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text)
+    return text_hash(text)
+
+
+def text_hash(text: str) -> str:
+    """Short content hash of a resolved config's text, recorded in each run's folder."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def flatten(value, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1, {"c": 2}]}}`` -> ``{"a.b.0": 1, "a.b.1.c": 2}``; empty containers kept."""
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, (list, tuple)) and value and any(isinstance(v, (dict, list, tuple)) for v in value):
+        out = {}
+        for index, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}.{index}"))
+        return out
+    return {prefix: value}
+
+
+def diff(cfg_a, cfg_b, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two configs: ``[(key, a, b)]``, sorted by key.
+
+    A key absent on one side shows as ``"<absent>"``. Keys starting with any of ``ignore`` are
+    skipped (the run's own work_dir and metadata, say).
+    """
+    a, b = flatten(cfg_a.to_dict()), flatten(cfg_b.to_dict())
+    rows = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in ignore):
+            continue
+        va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
+        if _normal(va) != _normal(vb):
+            rows.append((key, _shown(va), _shown(vb)))
+    return rows
+
+
+def _normal(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _shown(value):
+    return "<absent>" if value is _MISSING else value
