@@ -98,11 +98,13 @@ def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yam
     console.print(f"base config: {spec.base}   baseline: {spec.baseline}   compare mIoU: {spec.compare_miou}"
                   f"   seeds: {list(spec.seeds)}   input: {'x'.join(map(str, spec.input_shape))}")
     table = Table("variant", "label", "overrides", *(f"paper {m}" for m in METRICS), title="variants")
+    table.columns[0].no_wrap = True
     for v in spec.variants.values():
         overrides = "\n".join(f"{k} = {val!r}" for k, val in v.overrides.items()) or "(base config)"
         table.add_row(v.name, v.label, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
     console.print(table)
     table = Table("profile", "data", "seeds", "runs", "overridden keys", "description", title="profiles")
+    table.columns[0].no_wrap = True
     for p in spec.profiles.values():
         table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))),
                       str(len(p.overrides)), p.description)
@@ -126,8 +128,9 @@ def configs(
 
     spec, profile = _study_and_profile(study, profile)
     console = _console()
-    for run in spec.runs(profile):
-        cfg = cfgs.resolve(spec, run, data_root=data_root)
+    runs = spec.runs(profile)
+    resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
+    for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / "config.py") if out else run.work_dir / "config.py"
         digest = cfgs.dump(cfg, target)
         console.print(f"{run.key:<28} {target}  [dim]{digest}[/]")
