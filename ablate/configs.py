@@ -82,9 +82,9 @@ def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) ->
         key = dotted.lstrip("+")
         parent, leaf, reason = _walk(cfg, key.split("."))
         if reason is not None and not (adding and parent is not None):
-            line = study.key_lines.get(f"{where}.{dotted}")
+            location = study.locations.get(f"{where}.{dotted}", study.path.name)
             section, name = where.split(".")[:2]  # "variants", "dwt"
-            problems.append(f"{study.path.name}{f':{line}' if line else ''}: {section[:-1]} `{name}`: {reason}")
+            problems.append(f"{location}: {section[:-1]} `{name}`: {reason}")
             continue
         value = _plain(value)
         if isinstance(parent, list):

@@ -41,7 +41,6 @@ class Variant:
     label: str
     overrides: dict[str, Any]
     paper: dict[str, float]  # absolute values, relative entries already resolved
-    line: int = 0  # where the variant starts in the study file, for error messages
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ class Profile:
     data: str  # "synthetic": made on demand by ablate; "required": --data-root must be given
     seeds: tuple[int, ...] | None  # None: the study's seeds
     sec_per_iter: float | None  # for `ablate plan` when no finished run has measured it
-    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,8 @@ class Study:
     resources: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     wandb: dict[str, Any] = field(default_factory=dict)
-    key_lines: dict[str, int] = field(default_factory=dict, compare=False)
+    # "variants.dwt.overrides.model.decode_head.use_dwt" -> "table2.yaml:19", for error messages
+    locations: dict[str, str] = field(default_factory=dict, compare=False)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -159,12 +158,11 @@ def find_study(name_or_path: str) -> Path:
 def load_study(name_or_path: str) -> Study:
     """Load and validate a study file; raises one :class:`StudyError` listing every problem."""
     path = find_study(name_or_path)
-    data, lines = _read_yaml(path)
+    data, locations = _read_yaml(path)
     problems: list[str] = []
 
     def problem(key: str, message: str) -> None:
-        line = lines.get(key)
-        problems.append(f"{path.name}{f':{line}' if line else ''}: {message}")
+        problems.append(f"{locations.get(key, path.name)}: {message}")
 
     if not isinstance(data, dict):
         raise StudyError(f"{path.name}: a study file must be a mapping with `variants` and `profiles`")
@@ -201,11 +199,22 @@ def load_study(name_or_path: str) -> Study:
             overrides = {}
         paper = _paper_numbers(name, raw.get("paper") or {}, baseline_paper, name == baseline,
                                lambda msg, k=where: problem(f"{k}.paper", msg))
-        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper,
-                                 lines.get(where, 0))
+        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper)
 
     profiles = {}
     profiles_raw = data.get("profiles") or {}
+    if isinstance(profiles_raw, str):  # another study's profiles, or a file of profiles alone
+        shared = path.parent / profiles_raw
+        if shared.is_file():
+            shared_data, shared_locations = _read_yaml(shared)
+            if isinstance(shared_data, dict) and "profiles" in shared_data:
+                profiles_raw = shared_data["profiles"]
+            else:
+                profiles_raw, shared_locations = _read_yaml(shared, prefix="profiles")
+            locations.update({k: v for k, v in shared_locations.items() if k.startswith("profiles.")})
+        else:
+            problem("profiles", f"profiles file `{profiles_raw}` not found (looked for {shared})")
+            profiles_raw = {}
     if not isinstance(profiles_raw, dict) or not profiles_raw:
         problem("profiles", "`profiles` must map profile names to their settings")
         profiles_raw = {}
@@ -231,7 +240,7 @@ def load_study(name_or_path: str) -> Study:
             problem(where, f"profile `{name}`: `overrides` must be a mapping of dotted config keys")
             overrides = {}
         profiles[name] = Profile(str(name), str(raw.get("description", "")), dict(overrides), data_kind,
-                                 tuple(seeds) if seeds is not None else None, sec, lines.get(where, 0))
+                                 tuple(seeds) if seeds is not None else None, sec)
 
     seeds = data.get("seeds", [0])
     if not _int_list(seeds):
@@ -264,7 +273,7 @@ def load_study(name_or_path: str) -> Study:
         resources=dict(data.get("resources") or {}),
         slurm=dict(data.get("slurm") or {}),
         wandb=dict(data.get("wandb") or {}),
-        key_lines=lines,
+        locations=locations,
     )
 
 
@@ -314,18 +323,23 @@ class _LineLoader(yaml.SafeLoader):
     """A safe loader that rejects duplicate keys and records the line of every mapping key."""
 
 
-def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
-    """Parse ``path``; returns the data and ``{"variants.dwt.paper": line}`` for every key."""
+def _read_yaml(path: Path, prefix: str = "") -> tuple[Any, dict[str, str]]:
+    """Parse ``path``; returns the data and ``{"variants.dwt.paper": "file.yaml:LINE"}`` for every key.
+
+    ``prefix`` is prepended to the dotted keys (``profiles`` for a shared profiles file).
+    """
     lines: dict[str, int] = {}
     duplicates: list[str] = []
 
     def construct_mapping(loader, node, deep=False):
         loader.flatten_mapping(node)
-        prefix = getattr(node, "_ablate_prefix", "")
+        parent = getattr(node, "_ablate_prefix", None)
+        if parent is None and node is not root[0]:
+            parent = "<list item>"  # mappings inside lists (pipelines) are not addressed by key
         mapping = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
-            dotted = f"{prefix}.{key}" if prefix else str(key)
+            dotted = f"{parent}.{key}" if parent else str(key)
             if key in mapping:
                 duplicates.append(f"{path.name}:{key_node.start_mark.line + 1}: duplicate key `{dotted}` "
                                   f"(first at line {lines[dotted]})")
@@ -337,9 +351,16 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
 
     loader_cls = type("_Loader", (_LineLoader,), {})
     loader_cls.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    root: list = [None]
     try:
-        text = path.read_text()
-        data = yaml.load(text, Loader=loader_cls)  # noqa: S506 - a SafeLoader subclass
+        loader = loader_cls(path.read_text())
+        try:
+            root[0] = loader.get_single_node()
+            if root[0] is not None:
+                root[0]._ablate_prefix = prefix
+            data = loader.construct_document(root[0]) if root[0] is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -347,4 +368,4 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
         raise StudyError(f"{path.name}{where}: YAML syntax error: {reason}") from None
     if duplicates:
         raise StudyError("\n".join(duplicates))
-    return data, lines
+    return data, {key: f"{path.name}:{line}" for key, line in lines.items() if not key.startswith("<list item>")}

@@ -102,3 +102,21 @@ def test_unknown_variant_and_profile_suggest_the_closest(tmp_path):
         study.runs("smoke", variants=["dtw"])
     with pytest.raises(StudyError, match=r"unknown profile `smok`; did you mean `smoke`\?"):
         study.runs("smok")
+
+
+def test_profiles_can_come_from_another_study(tmp_path):
+    other = write_study(tmp_path, MINIMAL)
+    other.rename(tmp_path / "other.yaml")
+    (tmp_path / "mine.yaml").write_text("base: base.py\nvariants:\n  baseline: {}\nprofiles: other.yaml\n")
+    study = load_study(str(tmp_path / "mine.yaml"))
+    assert list(study.profiles) == ["smoke"] and study.profiles["smoke"].data == "synthetic"
+    assert study.locations["profiles.smoke"] == "other.yaml:8"
+    assert "name" not in study.locations  # only the profiles' locations are taken over
+
+
+def test_dsconv_study_shares_table2s_profiles():
+    table2, dsconv = load_study(str(TABLE2)), load_study(str(REPO / "experiments" / "dsconv.yaml"))
+    assert dsconv.profiles == table2.profiles
+    assert list(dsconv.variants) == ["baseline", "dsconv", "dsconv_dwt"]
+    assert dsconv.variants["dsconv_dwt"].overrides == {
+        "model.decode_head.dsconv": True, "model.decode_head.use_dwt": True}
