@@ -21,6 +21,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 from pathlib import Path
 
 _TRUSTED_DIRS: list[Path] = []
@@ -47,6 +48,8 @@ def apply() -> None:
     _applied = True
     if importlib.util.find_spec("mmcv") is not None and not has_full_mmcv():
         _install_lite_ops()
+        # mmcv.cnn tries the compiled deformable attention once and warns; it is expected here.
+        warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformableAttention``")
     _patch_torch_load()
 
 

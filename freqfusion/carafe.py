@@ -1,0 +1,187 @@
+"""CARAFE, content-aware reassembly of features, in pure PyTorch and through mmcv's CUDA op.
+
+Output pixel ``(i, j)`` of ``carafe(x, mask, k, group, up)`` is the weighted sum of the ``k x k``
+neighbourhood of input pixel ``(i // up, j // up)`` (zero padding), weighted by that output
+pixel's kernel. ``mask`` has ``group * k * k`` channels at the output resolution, laid out as in
+mmcv: channel ``g * k * k + dy * k + dx`` weighs the tap ``(dy, dx)`` for the channels of group
+``g`` (input channels split into ``group`` contiguous blocks).
+
+Two pure-torch strategies give the same numbers:
+
+* **taps**: a custom autograd function that loops over the ``k * k`` taps and the ``up * up``
+  sub-pixel phases and accumulates shifted low-resolution views in place. Nothing larger than the
+  output is ever allocated, and only ``x`` and ``mask`` are kept for backward. Used on CPU, and on
+  CUDA while the (phase, tap) pairs, each a kernel launch or three, are few.
+* **unfold**: the low-resolution input is unfolded once and one batched matrix product serves
+  all sub-pixel phases: a handful of kernels, one ``k * k``-sized copy of the input. Used on CUDA
+  for many (phase, tap) pairs (FreqFusion's 5x5 upsampling: 100).
+
+Neither builds the ``up * up`` times larger unfolded tensor that the textbook version
+(unfold, then nearest upsampling) needs. ``impl="auto"`` uses mmcv's op for CUDA tensors when
+full mmcv (with ``mmcv._ext``) is installed; ``FREQFUSION_CARAFE_IMPL=torch|mmcv`` decides what
+``auto`` means, like timm's ``TIMM_FUSED_ATTN``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["carafe", "has_full_mmcv"]
+
+IMPL_ENV = "FREQFUSION_CARAFE_IMPL"
+_IMPLS = ("auto", "torch", "mmcv")
+# On CUDA, past this many (phase, tap) pairs the launches of "taps" cost more than "unfold"'s copy.
+_MAX_CUDA_TAPS = 25
+
+
+def has_full_mmcv() -> bool:
+    """Whether mmcv's compiled extension (``mmcv._ext``, which holds the CARAFE op) is importable."""
+    try:
+        return importlib.util.find_spec("mmcv._ext") is not None
+    except ModuleNotFoundError:  # mmcv itself is missing
+        return False
+
+
+def carafe(x: Tensor, mask: Tensor, kernel_size: int, group: int = 1, up: int = 1,
+           impl: str = "auto") -> Tensor:
+    """Reassemble ``x`` with per-pixel kernels ``mask``, upsampling by ``up``.
+
+    Args:
+        x: Features ``(B, C, h, w)``; ``C`` divisible by ``group``.
+        mask: Normalised kernels ``(B, group * kernel_size**2, up * h, up * w)``, mmcv layout.
+        kernel_size: Odd reassembly kernel size ``k``.
+        group: Channel groups sharing one kernel.
+        up: Integer upsampling factor (1 for filtering at the same resolution).
+        impl: ``"torch"``, ``"mmcv"`` (CUDA tensors and full mmcv only) or ``"auto"``: the
+            ``FREQFUSION_CARAFE_IMPL`` environment variable if set, else mmcv for CUDA tensors
+            when full mmcv is installed, else torch.
+
+    Returns:
+        ``(B, C, up * h, up * w)`` in the dtype of ``x``; ``mask`` is cast to it (under autocast
+        the mmcv op runs in float32 and its result is cast back).
+    """
+    _check_shapes(x, mask, kernel_size, group, up)
+    if _resolve_impl(impl, x) == "mmcv":
+        return _carafe_mmcv(x, mask, kernel_size, group, up)
+    mask = mask.to(x.dtype)
+    if x.is_cuda and (kernel_size * up) ** 2 > _MAX_CUDA_TAPS:
+        return _carafe_unfold(x, mask, kernel_size, group, up)
+    return _CarafeTaps.apply(x, mask, kernel_size, group, up)
+
+
+def _resolve_impl(impl: str, x: Tensor) -> str:
+    if impl not in _IMPLS:
+        raise ValueError(f"carafe impl must be one of {_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = os.environ.get(IMPL_ENV, "auto") or "auto"
+        if impl not in _IMPLS:
+            raise ValueError(f"{IMPL_ENV} must be one of {_IMPLS[1:]}, got {impl!r}")
+    if impl == "auto":
+        return "mmcv" if x.is_cuda and has_full_mmcv() else "torch"
+    if impl == "mmcv" and not (x.is_cuda and has_full_mmcv()):
+        raise RuntimeError(
+            "carafe impl 'mmcv' needs CUDA tensors and full mmcv (mmcv._ext); "
+            f"got a {x.device.type} tensor, full mmcv {'present' if has_full_mmcv() else 'missing'}")
+    return impl
+
+
+def _check_shapes(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> None:
+    if x.dim() != 4 or mask.dim() != 4:
+        raise ValueError(f"carafe expects 4-D x and mask, got {tuple(x.shape)} and {tuple(mask.shape)}")
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f"carafe kernel_size must be odd and positive, got {k}")
+    if up < 1 or group < 1 or x.shape[1] % group:
+        raise ValueError(f"carafe needs up >= 1 and channels ({x.shape[1]}) divisible by group ({group})")
+    b, _, h, w = x.shape
+    expected = (b, group * k * k, up * h, up * w)
+    if tuple(mask.shape) != expected:
+        raise ValueError(f"carafe mask must have shape {expected} for x {tuple(x.shape)}, "
+                         f"kernel {k}, group {group}, up {up}; got {tuple(mask.shape)}")
+
+
+def _carafe_mmcv(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tensor:
+    from mmcv.ops import carafe as mmcv_carafe  # lazy: only present with full mmcv
+
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.autocast(device_type="cuda", enabled=False):  # the op takes no bfloat16; run it in float32
+        out = mmcv_carafe(x.to(dtype).contiguous(), mask.to(dtype).contiguous(), k, group, up)
+    return out.to(x.dtype)
+
+
+def _carafe_unfold(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tensor:
+    """Unfold the low-res input once; one batched matmul serves all ``up * up`` phases."""
+    b, c, h, w = x.shape
+    kk, cg, p = k * k, c // group, k // 2
+    # (B, C, h, w, k, k) view of the padded input; the reshape is the one k*k-sized copy.
+    cols = F.pad(x, (p, p, p, p)).unfold(2, k, 1).unfold(3, k, 1)
+    cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(b * h * w * group, cg, kk)
+    # Kernels per low-res pixel and group: (N, k*k, up*up), phases (dy, dx) in the last dim.
+    kernels = mask.reshape(b, group, kk, h, up, w, up).permute(0, 3, 5, 1, 2, 4, 6)
+    out = torch.bmm(cols, kernels.reshape(b * h * w * group, kk, up * up))
+    out = out.view(b, h, w, group, cg, up, up).permute(0, 3, 4, 1, 5, 2, 6)
+    return out.reshape(b, c, h * up, w * up)
+
+
+class _CarafeTaps(torch.autograd.Function):
+    """CARAFE as in-place sums of shifted views, one per (phase, tap); saves only x and mask."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tensor:
+        b, c, h, w = x.shape
+        xpad, kernels = _tap_views(x, mask, k, group, up)
+        out = x.new_empty(up, up, b, group, c // group, h, w)
+        for dy in range(up):
+            for dx in range(up):
+                acc = out[dy, dx]
+                for t in range(k * k):
+                    i, j = divmod(t, k)
+                    shifted = xpad[:, :, :, i:i + h, j:j + w]
+                    weight = kernels[:, :, t:t + 1, :, dy, :, dx]
+                    if t == 0:
+                        torch.mul(shifted, weight, out=acc)
+                    else:
+                        acc.addcmul_(shifted, weight)
+        ctx.save_for_backward(x, mask)
+        ctx.config = (k, group, up)
+        # (up, up, B, G, Cg, h, w) -> (B, C, h*up, w*up): the one output-sized copy.
+        return out.permute(2, 3, 4, 5, 0, 6, 1).reshape(b, c, h * up, w * up)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        x, mask = ctx.saved_tensors
+        k, group, up = ctx.config
+        b, c, h, w = x.shape
+        p = k // 2
+        xpad, kernels = _tap_views(x, mask, k, group, up)
+        grad_out = grad_out.reshape(b, group, c // group, h, up, w, up)
+        need_x, need_mask = ctx.needs_input_grad[:2]
+        grad_xpad = torch.zeros_like(xpad) if need_x else None
+        grad_kernels = mask.new_empty(b, group, k * k, h, up, w, up) if need_mask else None
+        for dy in range(up):
+            for dx in range(up):
+                g = grad_out[:, :, :, :, dy, :, dx].contiguous()
+                for t in range(k * k):
+                    i, j = divmod(t, k)
+                    if need_x:
+                        grad_xpad[:, :, :, i:i + h, j:j + w].addcmul_(g, kernels[:, :, t:t + 1, :, dy, :, dx])
+                    if need_mask:
+                        torch.sum(xpad[:, :, :, i:i + h, j:j + w] * g, dim=2,
+                                  out=grad_kernels[:, :, t, :, dy, :, dx])
+        grad_x = grad_xpad[:, :, :, p:p + h, p:p + w].reshape(b, c, h, w) if need_x else None
+        grad_mask = grad_kernels.view(mask.shape) if need_mask else None
+        return grad_x, grad_mask, None, None, None
+
+
+def _tap_views(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> tuple[Tensor, Tensor]:
+    """Padded input as (B, G, Cg, h+2p, w+2p) and kernels as (B, G, k*k, h, up, w, up), no copies of mask."""
+    b, c, h, w = x.shape
+    p = k // 2
+    xpad = F.pad(x, (p, p, p, p)).reshape(b, group, c // group, h + 2 * p, w + 2 * p)
+    kernels = mask.reshape(b, group, k * k, h, up, w, up)
+    return xpad, kernels
