@@ -176,6 +176,262 @@ def plan(
     render_plan(_console(), plan_study(spec, profile, sec_per_iter))
 
 
+@app.command()
+@user_errors
+def report(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    formats: Optional[list[str]] = typer.Option(
+        None, "--format", "-f", help="md, csv, latex, json, png or all (default); repeatable. "
+                                     "The terminal always shows the markdown table."),
+    out: Path = typer.Option(Path("reports"), "--out", "-o", help="Writes OUT/STUDY/PROFILE.{md,csv,tex,json,png}."),
+    measure: bool = typer.Option(True, "--measure/--no-measure",
+                                 help="Measure Params and FLOPs of each variant (torch + mmseg; cached by model)."),
+    use_wandb: Optional[bool] = typer.Option(None, "--wandb/--no-wandb", help="Also log a `report` job with the table "
+                                             "and charts to the runs' W&B group (default: the study's "
+                                             "`wandb.enabled`)."),
+) -> None:
+    """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON) and mIoU-vs-GFLOPs plot.
+
+    Exits 1 when a result.json cannot be read: that run is named and left out, the rest is reported.
+    """
+    # lazy: pandas, scipy and matplotlib (and torch when measuring) load only for this command
+    from ablate import tracking  # light: imports wandb only to log
+    from ablate.collect import add_measurements, collect, measure_variants
+    from ablate.errors import ReportError
+    from ablate.report import parse_formats, render_markdown, write_reports
+    from ablate.results import aggregate
+
+    spec, profile = _study_and_profile(study, profile)
+    wanted = parse_formats(formats or ["all"])
+    log_to_wandb = tracking.enabled(spec, use_wandb)
+    if log_to_wandb:
+        tracking.require(ReportError)  # before collecting and measuring
+    problems: list[str] = []
+    rows = collect(spec, profile, measure=False, problems=problems)
+    if not problems and not any(r["status"] in ("done", "running", "failed") for r in rows):
+        where = Path(rows[0]["work_dir"]).parents[1] if rows else "work_dirs"
+        resumable = sum(r["iterations"] is not None for r in rows)
+        state = f"{resumable} of {len(rows)} can resume from a checkpoint" if resumable else "none has started"
+        raise ReportError(f"no finished, running or failed runs of `{spec.name}` (profile `{profile}`) in "
+                          f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
+    measurements = measure_variants(spec, profile) if measure else {}
+    add_measurements(rows, measurements)
+    results = aggregate(spec, profile, rows, measurements, problems)
+    console = _console()
+    console.print(render_markdown(results), markup=False)
+    for path in write_reports(results, out, wanted):
+        console.print(f"wrote {path}", markup=False)
+    if log_to_wandb:  # after the files: a W&B failure leaves the local report written
+        console.print(f"logged W&B report run: {tracking.log_report(spec, results)}", markup=False)
+    if problems:
+        from rich.markup import escape
+
+        err = _console(stderr=True)
+        for line in problems:
+            err.print(f"[bold red]error:[/] {escape(line)}")
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def measure(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    shape: Optional[str] = typer.Option(None, "--shape", help="C,H,W of the one image counted (default: the "
+                                                              "study's input_shape, e.g. 3,512,512)."),
+    variants: Optional[list[str]] = typer.Option(None, "--variant", "-v", help="Only this variant; repeatable."),
+    audit: bool = typer.Option(False, "--audit", help="Also print, per variant, GMACs by operator kind and "
+                                                      "every operator not counted, with how often it ran."),
+    latency: bool = typer.Option(False, "--latency", help="Also time forward passes: median after warm-up."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device for --latency (default: cuda if present)."),
+    repeats: int = typer.Option(50, "--repeats", min=1, help="Timed forward passes for --latency."),
+    warmup: int = typer.Option(10, "--warmup", min=0, help="Untimed forward passes before timing."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse measurements cached in "
+                                                                "work_dirs/.measure (by model config and code)."),
+) -> None:
+    """Params, FLOPs (GMACs, matrix products and attention included) and latency of each variant's model."""
+    # lazy: torch and mmseg load only for this command, inside ablate.measure
+    from ablate.measure import measure_study, parse_shape, render_measurements
+
+    spec, profile = _study_and_profile(study, profile)
+    try:
+        input_shape = parse_shape(shape) if shape else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shape") from None
+    console = _console()
+    spinner = []
+
+    def progress(variant: str, result: Optional[dict], seconds: float) -> None:
+        if result is None:  # starting: a spinner on a terminal, nothing in a log
+            spinner.append(console.status(f"measuring {variant} ..."))
+            spinner[-1].start()
+            return
+        spinner.pop().stop()
+        source = ("counts cached, " if result.get("cached") else "") + f"{seconds:.1f} s"
+        timed = f", {result['latency_ms']:.1f} ms" if "latency_ms" in result else ""
+        console.print(f"{variant:<20} {result['params_m']:.3f} M params  {result['gmacs']:.2f} GMACs{timed}  "
+                      f"[dim]({source})[/]")
+
+    latency_opts = dict(device=device, warmup=warmup, repeats=repeats) if latency else None
+    results = measure_study(spec, profile, input_shape, variants=variants, use_cache=cache,
+                            latency=latency_opts, progress=progress)
+    render_measurements(console, spec, results, audit=audit)
+
+
+# --- training: `ablate run`, `ablate status` (stage: ablate.launch) -----------------------------
+
+
+def _csv(value: Optional[str], flag: str, kind=str) -> Optional[list]:
+    """``"a,b"`` -> ``["a", "b"]`` (None stays None); a bad item is a one-line LaunchError."""
+    from ablate.errors import LaunchError
+
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [kind(v) for v in items]
+    except ValueError:
+        raise LaunchError(f"{flag} {value}: expected a comma-separated list of {kind.__name__}s") from None
+
+
+@app.command()
+@user_errors
+def run(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    variants: Optional[str] = typer.Option(None, "--variants", help="Only these variants, comma-separated."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated (default: the profile's)."),
+    launcher: str = typer.Option("local", "--launcher", "-l", help="local, torchrun or slurm."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Pool of N local GPUs; a run starts as soon as one frees "
+                                                            "(default: one run at a time, on the CPU here)."),
+    gpus_per_run: Optional[int] = typer.Option(None, "--gpus-per-run", help="GPUs (torchrun/slurm: processes) per "
+                                                                            "run; on a CPU, torchrun processes."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (ADEChallengeData2016); "
+                                                                       "smoke: the synthetic set by default."),
+    restart: bool = typer.Option(False, "--restart", help="Discard runs whose config changed and train them anew."),
+    detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm); `ablate status` follows."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; launch nothing."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the study's)."),
+    account: Optional[str] = typer.Option(None, "--account", help="Slurm account (default: the study's)."),
+    timeout_min: Optional[int] = typer.Option(None, "--time", help="Slurm time limit per job, minutes; a job "
+                                                                   "that hits it requeues and resumes."),
+    cpus_per_run: Optional[int] = typer.Option(None, "--cpus-per-run", help="Slurm CPU cores per run."),
+    use_wandb: Optional[bool] = typer.Option(None, "--wandb/--no-wandb", help="Log every run to Weights & Biases, "
+                                             "grouped as STUDY/PROFILE (default: the study's `wandb.enabled`); "
+                                             "WANDB_MODE=offline logs locally for `wandb sync`."),
+) -> None:
+    """Train and evaluate every run of a profile that is not done; finished runs are skipped, others resume.
+
+    Exits 1 when a run failed (the others still ran; `ablate status` shows why), 2 on bad input.
+    """
+    # lazy: keeps `--help` fast; torch loads only for --gpus, submitit only for slurm
+    from ablate import tracking  # light: wandb is imported only by what logs (the workers)
+    from ablate.errors import LaunchError
+    from ablate.launch import make_launcher
+    from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
+
+    spec, profile = _study_and_profile(study, profile)
+    runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_csv(seeds, "--seeds", int))
+    backend = make_launcher(launcher, spec, gpus=gpus, gpus_per_run=gpus_per_run, partition=partition,
+                            account=account, timeout_min=timeout_min, cpus_per_run=cpus_per_run)
+    root = data_root_for(spec, profile, data_root, create=not dry_run)
+    overrides = None
+    if tracking.enabled(spec, use_wandb):
+        tracking.require(LaunchError)
+        overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
+    console = _console()
+    if dry_run:
+        _print_plan(console, plan_runs(spec, runs, root, restart, overrides), backend, root)
+        return
+    outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
+                         console=console)
+    for outcome in outcomes:
+        if outcome.status in ("skipped", "submitted"):  # done and failed ones were printed as they ended
+            console.print(describe(outcome))
+    failed = [o for o in outcomes if o.status == "failed"]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "failed", "skipped", "submitted")}
+    console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs")
+    if failed:
+        _console(stderr=True).print(f"[bold red]error:[/] {len(failed)} of {len(outcomes)} runs failed; "
+                                    f"`ablate status {study} --profile {profile}` shows why")
+        raise typer.Exit(1)
+
+
+def _print_plan(console, planned, backend, root) -> None:
+    from rich.table import Table
+
+    table = Table("run", "action", "detail", "config", box=None, title="dry run: nothing is launched")
+    for p in planned:
+        table.add_row(p.run.key, p.action, p.note, p.digest)
+    console.print(table)
+    console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run; data {root}")
+
+
+@app.command()
+@user_errors
+def status(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+) -> None:
+    """One row per run: pending / running / done / failed, iteration, last and best mIoU, wall time, why."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ablate.launch.orchestrate import status_rows
+    from ablate.launch.rundir import elapsed
+
+    spec, profile = _study_and_profile(study, profile)
+    styles = {"done": "green", "running": "cyan", "failed": "red", "pending": "dim"}
+    table = Table("run", "status", "iteration", "last mIoU", "best mIoU", "wall time", "note", box=None)
+    for row in status_rows(spec, profile):
+        iteration = f"{row['iterations'] or 0}/{row['max_iters'] or '?'}" if row["iterations"] is not None else "-"
+        table.add_row(f"{row['variant']}/seed{row['seed']}", f"[{styles[row['status']]}]{row['status']}[/]",
+                      iteration, _pct(row["miou_last"]), _pct(row["miou_best"]), elapsed(row["wall_time_s"]),
+                      escape(row["error"] or row["note"]))
+    _console().print(table)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset root (default: "
+                                                                 "$ABLATE_DATA/synthetic_ade20k, ABLATE_DATA=data)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shapes; the same seed writes the same files."),
+) -> None:
+    """Write the small synthetic dataset in ADE20K's layout that the smoke profile trains on."""
+    from ablate.data.synthetic import default_root, make_synthetic
+
+    root = out or default_root()
+    meta = make_synthetic(root, seed=seed)
+    counts = meta["counts"]
+    _console().print(f"wrote {counts['training']} training and {counts['validation']} validation images to {root} "
+                     f"({len(meta['classes'])} classes present; chance mIoU {meta['chance_miou']:.2f})")
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    data_root: Path = typer.Option(..., "--data-root", help="The ADEChallengeData2016 folder."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Check the label values of only N "
+                                                                       "annotations per split (default: all)."),
+) -> None:
+    """Check a real ADE20K tree: image counts, image/annotation pairing, label values 0..150; exit 2 if wrong."""
+    from ablate.data.check import check_ade20k
+    from ablate.errors import LaunchError
+
+    report = check_ade20k(data_root, label_sample=sample)
+    for split, (images, labels) in report.counts.items():
+        _console().print(f"{split}: {images} images, {labels} annotations")
+    if not report.ok:
+        raise LaunchError("\n".join(f"{data_root}/{problem}" for problem in report.problems))
+    _console().print(f"{data_root}: ADE20K looks complete ({report.labels_checked} label maps checked)")
+
+
 def main() -> None:  # pragma: no cover - `python -m ablate`
     app()
 

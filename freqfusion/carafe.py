@@ -8,10 +8,14 @@ mmcv: channel ``g * k * k + dy * k + dx`` weighs the tap ``(dy, dx)`` for the ch
 
 Two pure-torch strategies give the same numbers:
 
-* **taps**: a custom autograd function that loops over the ``k * k`` taps and the ``up * up``
-  sub-pixel phases and accumulates shifted low-resolution views in place. Nothing larger than the
-  output is ever allocated, and only ``x`` and ``mask`` are kept for backward. Used on CPU, and on
-  CUDA while the (phase, tap) pairs, each a kernel launch or three, are few.
+* **taps**: a custom autograd function that loops over the ``k * k`` taps and accumulates
+  shifted views of the low-resolution input in place, for all ``up * up`` sub-pixel phases at
+  once (backward: per phase and tap). The input is zero-padded above and below and flattened
+  per channel, so that a tap is one contiguous slice and every elementwise op runs over whole
+  planes rather than rows of ``w`` values; taps that would wrap around a row's end get weight
+  0. Nothing larger than the output is ever allocated (backward: nothing larger than the
+  input), and only ``x`` and ``mask`` are kept for backward. Used on CPU, and on CUDA while the
+  (phase, tap) pairs, each a kernel launch or three, are few.
 * **unfold**: the low-resolution input is unfolded once and one batched matrix product serves
   all sub-pixel phases: a handful of kernels, one ``k * k``-sized copy of the input. Used on CUDA
   for many (phase, tap) pairs (FreqFusion's 5x5 upsampling: 100).
@@ -128,28 +132,26 @@ def _carafe_unfold(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tens
 
 
 class _CarafeTaps(torch.autograd.Function):
-    """CARAFE as in-place sums of shifted views, one per (phase, tap); saves only x and mask."""
+    """CARAFE as in-place sums of shifted flat views, one per tap; saves only x and mask."""
 
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tensor:
         b, c, h, w = x.shape
-        xpad, kernels = _tap_views(x, mask, k, group, up)
-        out = x.new_empty(up, up, b, group, c // group, h, w)
-        for dy in range(up):
-            for dx in range(up):
-                acc = out[dy, dx]
-                for t in range(k * k):
-                    i, j = divmod(t, k)
-                    shifted = xpad[:, :, :, i:i + h, j:j + w]
-                    weight = kernels[:, :, t:t + 1, :, dy, :, dx]
-                    if t == 0:
-                        torch.mul(shifted, weight, out=acc)
-                    else:
-                        acc.addcmul_(shifted, weight)
+        xflat, kernels = _flat_views(x, mask, k, group, up)
+        xflat = xflat[:, :, None, None]  # broadcast over the phases
+        # All up * up phases at once, each output plane flat: (B, G, up, up, Cg, h * w).
+        out = x.new_empty(b, group, up, up, c // group, h * w)
+        for t in range(k * k):
+            shifted = _tap(xflat, t, k, h, w)
+            if t == 0:
+                torch.mul(shifted, kernels[:, :, t], out=out)
+            else:
+                out.addcmul_(shifted, kernels[:, :, t])
         ctx.save_for_backward(x, mask)
         ctx.config = (k, group, up)
-        # (up, up, B, G, Cg, h, w) -> (B, C, h*up, w*up): the one output-sized copy.
-        return out.permute(2, 3, 4, 5, 0, 6, 1).reshape(b, c, h * up, w * up)
+        # (B, G, up, up, Cg, h, w) -> (B, C, h*up, w*up): the one output-sized copy.
+        out = out.view(b, group, up, up, c // group, h, w)
+        return out.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, c, h * up, w * up)
 
     @staticmethod
     @once_differentiable
@@ -157,31 +159,75 @@ class _CarafeTaps(torch.autograd.Function):
         x, mask = ctx.saved_tensors
         k, group, up = ctx.config
         b, c, h, w = x.shape
-        p = k // 2
-        xpad, kernels = _tap_views(x, mask, k, group, up)
-        grad_out = grad_out.reshape(b, group, c // group, h, up, w, up)
+        cg, p, n = c // group, k // 2, h * w
+        xflat, kernels = _flat_views(x, mask, k, group, up)
+        grad_out = grad_out.reshape(b, group, cg, h, up, w, up)
         need_x, need_mask = ctx.needs_input_grad[:2]
-        grad_xpad = torch.zeros_like(xpad) if need_x else None
-        grad_kernels = mask.new_empty(b, group, k * k, h, up, w, up) if need_mask else None
+        grad_xflat = torch.zeros_like(xflat) if need_x else None
+        grad_kernels = mask.new_empty(b, group, k * k, up, up, h, w) if need_mask else None
+        # One phase of grad_out at a time: the buffers are input-sized.
+        g = x.new_empty(b, group, cg, h, w)
+        g_flat = g.view(b, group, cg, n)
+        prod = x.new_empty(b, group, cg, n) if need_mask else None
         for dy in range(up):
             for dx in range(up):
-                g = grad_out[:, :, :, :, dy, :, dx].contiguous()
+                g.copy_(grad_out[:, :, :, :, dy, :, dx])
                 for t in range(k * k):
-                    i, j = divmod(t, k)
-                    if need_x:
-                        grad_xpad[:, :, :, i:i + h, j:j + w].addcmul_(g, kernels[:, :, t:t + 1, :, dy, :, dx])
+                    if need_x:  # wrapped taps have weight 0: they add nothing to the other row
+                        _tap(grad_xflat, t, k, h, w).addcmul_(g_flat, kernels[:, :, t, dy, dx])
                     if need_mask:
-                        torch.sum(xpad[:, :, :, i:i + h, j:j + w] * g, dim=2,
-                                  out=grad_kernels[:, :, t, :, dy, :, dx])
-        grad_x = grad_xpad[:, :, :, p:p + h, p:p + w].reshape(b, c, h, w) if need_x else None
-        grad_mask = grad_kernels.view(mask.shape) if need_mask else None
+                        torch.mul(_tap(xflat, t, k, h, w), g_flat, out=prod)
+                        torch.sum(prod, dim=2, out=grad_kernels[:, :, t, dy, dx].view(b, group, n))
+        grad_x = grad_mask = None
+        if need_x:
+            start = p * w + p
+            grad_x = grad_xflat[..., start:start + n].reshape(b, c, h, w)
+        if need_mask:
+            _zero_wrapped_taps(grad_kernels, k)  # those taps read zero padding: no gradient
+            grad_mask = grad_kernels.permute(0, 1, 2, 5, 3, 6, 4).reshape(mask.shape)
         return grad_x, grad_mask, None, None, None
 
 
-def _tap_views(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> tuple[Tensor, Tensor]:
-    """Padded input as (B, G, Cg, h+2p, w+2p) and kernels as (B, G, k*k, h, up, w, up), no copies of mask."""
+def _flat_views(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> tuple[Tensor, Tensor]:
+    """The input flattened per channel, so that every tap is one contiguous slice, and the kernels.
+
+    ``x`` gets ``p = k // 2`` zero rows above and below, and ``p`` zeros before and after, and
+    is flattened: ``(B, G, Cg, (h + 2p) * w + 2p)``. Tap ``(i, j)`` of output pixel ``(y, x')``
+    is then at flat index ``(y + i) * w + x' + j``: the tap is the slice of ``h * w`` values
+    starting at ``i * w + j``, and the elementwise ops run over whole planes instead of rows of
+    ``w`` values (several times faster on CPU for small ``w``). Where ``x' + j - p`` is outside
+    the row, the slice wraps into the row above or below instead of reading zero padding; the
+    kernel weight of such a tap is set to 0, so it adds nothing (for finite inputs: an ``inf``
+    or ``nan`` read that way still spreads, as it would through any neighbouring output).
+
+    The kernels, ``(B, G, k*k, up, up, 1, h * w)``, are the one copy of ``mask`` (phase-major,
+    wrapped taps zeroed) and broadcast over the channels.
+    """
     b, c, h, w = x.shape
     p = k // 2
-    xpad = F.pad(x, (p, p, p, p)).reshape(b, group, c // group, h + 2 * p, w + 2 * p)
-    kernels = mask.reshape(b, group, k * k, h, up, w, up)
-    return xpad, kernels
+    xflat = x.new_zeros(b, c, (h + 2 * p) * w + 2 * p)
+    start = p * w + p
+    xflat[..., start:start + h * w].view(b, c, h, w).copy_(x)
+    kernels = mask.new_empty(b, group, k * k, up, up, h, w)
+    kernels.copy_(mask.reshape(b, group, k * k, h, up, w, up).permute(0, 1, 2, 4, 6, 3, 5))
+    _zero_wrapped_taps(kernels, k)
+    return xflat.view(b, group, c // group, -1), kernels.view(b, group, k * k, up, up, 1, h * w)
+
+
+def _zero_wrapped_taps(kernels: Tensor, k: int) -> None:
+    """Zero, in ``(B, G, k*k, up, up, h, w)`` kernels, the taps that reach past the left or right border."""
+    b, g, _, up, _, h, w = kernels.shape
+    by_column = kernels.view(b, g, k, k, up, up, h, w)
+    p = k // 2
+    for j in range(k):  # output column x' reads input column x' + j - p
+        if j < p:
+            by_column[:, :, :, j, ..., :p - j] = 0
+        elif j > p:
+            by_column[:, :, :, j, ..., max(w - (j - p), 0):] = 0
+
+
+def _tap(flat: Tensor, t: int, k: int, h: int, w: int) -> Tensor:
+    """Tap ``t`` (row-major in the k x k window) of a flat tensor of ``_flat_views``: its ``h * w`` slice."""
+    i, j = divmod(t, k)
+    start = i * w + j
+    return flat[..., start:start + h * w]

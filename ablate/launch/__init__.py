@@ -1,0 +1,65 @@
+"""Launching runs: one small class per backend behind :class:`~ablate.launch.base.Launcher`.
+
+- :mod:`~ablate.launch.local`: this machine, one run at a time or a pool of GPU slots;
+- :mod:`~ablate.launch.torchrun`: one run over K processes of this node (gloo on CPUs);
+- :mod:`~ablate.launch.slurm`: one submitit job per run, requeued on preemption or timeout;
+- :mod:`~ablate.launch.orchestrate`: what ``ablate run`` does around them (configs, skips,
+  locks, config-hash checks, live progress, outcomes).
+
+Backends are imported when chosen (submitit only for Slurm), so importing this package is cheap.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ablate.errors import LaunchError, one_of
+from ablate.launch.base import Launcher, RunHandle, RunOutcome
+from ablate.study import Study
+
+LAUNCHERS = ("local", "torchrun", "slurm")
+
+__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "RunOutcome", "make_launcher"]
+
+
+def make_launcher(
+    name: str,
+    study: Study,
+    gpus: int | None = None,
+    gpus_per_run: int | None = None,
+    **slurm: Any,
+) -> Launcher:
+    """The launcher ``name``, set up from the study's ``resources``/``slurm`` sections and flags.
+
+    Args:
+        name: one of :data:`LAUNCHERS`.
+        study: the study (its ``resources`` and ``slurm`` sections give defaults).
+        gpus: size of the local GPU pool (local, torchrun); None or 0: no pool.
+        gpus_per_run: GPUs (processes) per run; default the study's ``resources.gpus_per_run``
+            (torchrun, slurm) or 1 (local).
+        **slurm: :class:`~ablate.launch.slurm.SlurmOptions` fields given on the command line.
+
+    Raises:
+        LaunchError: an unknown launcher, or options that do not fit it or this machine.
+    """
+    if name not in LAUNCHERS:
+        raise LaunchError(one_of(name, "launcher", LAUNCHERS))
+    for value, flag in ((gpus, "--gpus"), (gpus_per_run, "--gpus-per-run")):
+        if value is not None and value < (0 if flag == "--gpus" else 1):
+            raise LaunchError(f"{flag} {value}: must be {'0 or more' if flag == '--gpus' else 'at least 1'}")
+    if name == "slurm":
+        from ablate.launch.slurm import SlurmLauncher, SlurmOptions  # lazy: submitit
+
+        if gpus:
+            raise LaunchError("--gpus sizes a pool of this machine's GPUs; Slurm jobs take --gpus-per-run")
+        return SlurmLauncher(SlurmOptions.from_study(study, gpus_per_run=gpus_per_run, **slurm))
+    given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
+    if given:
+        raise LaunchError(f"{', '.join(given)}: Slurm options, but the launcher is `{name}`")
+    from ablate.launch.local import LocalLauncher, PoolOptions
+
+    if name == "local":
+        return LocalLauncher(PoolOptions(gpus=gpus or 0, gpus_per_run=gpus_per_run or 1))
+    from ablate.launch.torchrun import TorchrunLauncher
+
+    per_run = gpus_per_run or int(study.resources.get("gpus_per_run") or 1)
+    return TorchrunLauncher(PoolOptions(gpus=gpus or 0, gpus_per_run=per_run))

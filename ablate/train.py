@@ -1,0 +1,260 @@
+"""The worker: ``python -m ablate.train WORK_DIR`` trains and evaluates one run.
+
+Reads ``WORK_DIR/config.py`` and ``WORK_DIR/run.json`` (both written by ``ablate run``). Builds
+mmengine's Runner with mmseg's registry and the config's ``custom_imports`` (freqfusion), resumes
+from the newest complete ``iter_N.pth`` when the folder has one, trains, and makes sure the final
+iteration was evaluated. Besides mmengine's own output (checkpoints, ``last_checkpoint``, a
+timestamped log folder, and ``runtime_config.py``: the config as it actually ran) it writes:
+
+- ``progress.json`` about once a second and after every evaluation, through
+  :class:`ProgressHook`: iteration, loss, ETA, the evaluations so far, and the time of all
+  attempts, so that a killed attempt loses nothing that its checkpoint kept;
+- ``result.json``, atomically and last, when training and the final evaluation finished;
+- ``failed.json`` when an exception ends the attempt: a one-line error and the log's tail.
+
+The worker takes the run's lock over from the ``ablate run`` that launched it (the token in
+``run.json`` says it may) and keeps it fresh while it trains. Under torchrun, or a Slurm job with
+several tasks, every process trains and only rank 0 writes these files; on CPUs the processes
+talk through gloo. Exit status: 0 done, 1 failed, 3 another live process holds the run's lock.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from mmengine.hooks import Hook  # the worker needs mmengine (and torch) anyway
+
+from ablate.launch import rundir
+from ablate.launch.lock import LockHeld, RunLock, new_token
+
+EXIT_FAILED = 1
+RUNTIME_CONFIG = "runtime_config.py"
+PROGRESS_EVERY_S = 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ablate.train", description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", type=Path, help="run folder with config.py (written by `ablate run`)")
+    args = parser.parse_args(argv)
+    # `ablate run` cancels with SIGTERM: leave through `finally` so that the lock is released.
+    # (Jobs under submitit call train() directly: submitit's handlers own the signals there.)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    return train(args.work_dir)
+
+
+def train(work_dir: str | os.PathLike) -> int:
+    """Train, evaluate and record one run; returns the process exit status.
+
+    Args:
+        work_dir: the run folder; it must hold ``config.py``.
+    """
+    started = time.time()
+    work_dir = rundir.abspath(work_dir)
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    lock, stop_heartbeat = None, None
+    if rank == 0:
+        info = rundir.read(work_dir, rundir.RUN_INFO) or {}
+        lock = RunLock(work_dir, info.get("lock_token") or new_token())
+        try:
+            stale = lock.acquire()
+        except LockHeld as exc:
+            print(f"ablate.train: {work_dir} is {exc}; not training it", file=sys.stderr)
+            return rundir.EXIT_LOCKED
+        if stale is not None:
+            print(f"ablate.train: took over the stale lock of {stale}", file=sys.stderr)
+        stop_heartbeat = lock.heartbeat()
+    hook = ProgressHook(work_dir, started, write=rank == 0)
+    runner = None
+    try:
+        runner = build_runner(work_dir, world_size, hook)
+        runner.train()
+        if rank == 0:
+            rundir.write(work_dir, rundir.RESULT, hook.result(runner))
+        return 0
+    except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, then reported
+        trace = traceback.format_exc()
+        print(trace, file=sys.stderr, flush=True)
+        if rank == 0:
+            log = _mmengine_log(runner)
+            lines = (rundir.tail(log, 25) if log else "").splitlines() + trace.splitlines()
+            rundir.write_failed(work_dir, _one_line(exc, hook.iteration), "\n".join(lines[-rundir.TAIL_LINES:]),
+                                EXIT_FAILED)
+        return EXIT_FAILED
+    finally:
+        if lock is not None:
+            stop_heartbeat.set()
+            lock.release()
+
+
+def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
+    """mmengine's Runner for the run folder, set to resume from its newest complete checkpoint."""
+    from ablate import compat
+
+    compat.apply()  # before mmseg: mmcv-lite ops, torch.load
+    compat.trust_checkpoints_under(work_dir)  # our own checkpoints need weights_only=False
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    path = work_dir / rundir.CONFIG
+    loaded = Config.fromfile(str(path))  # imports custom_imports, e.g. freqfusion
+    # mmengine dumps the config it runs to work_dir/<basename>: keep ours (config.py, whose hash
+    # the run folder records) and let it write what actually ran beside it.
+    cfg = Config(loaded.to_dict(), cfg_text=path.read_text(), filename=str(work_dir / RUNTIME_CONFIG))
+    cfg.work_dir = str(work_dir)
+    checkpoint = rundir.latest_checkpoint(work_dir)
+    if checkpoint is not None:
+        cfg.resume, cfg.load_from = True, str(checkpoint[0])
+    if world_size > 1:
+        cfg.launcher = "pytorch"
+        if not torch.cuda.is_available():
+            cfg.merge_from_dict(compat.cpu_ddp_overrides())
+            # mmengine's init_dist calls torch.cuda.set_device, which a CPU build lacks; a process
+            # group made here first (env:// from torchrun) makes mmengine skip its own.
+            torch.distributed.init_process_group(backend="gloo")
+    hook.load(cfg, checkpoint[1] if checkpoint else 0)
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(hook, priority="VERY_LOW")
+    return runner
+
+
+def _mmengine_log(runner) -> Path | None:
+    if runner is None:
+        return None
+    return Path(runner.log_dir) / f"{runner.timestamp}.log"
+
+
+def _one_line(exc: BaseException, iteration: int | None) -> str:
+    where = f" at iteration {iteration}" if iteration is not None else ""
+    lines = str(exc).strip().splitlines()
+    message = lines[0][:200] if lines else ""
+    return f"{type(exc).__name__}{where}: {message}" if message else f"{type(exc).__name__}{where}"
+
+
+class ProgressHook(Hook):
+    """Records progress and evaluations of a run in ``progress.json`` (rank 0 writes).
+
+    Every process keeps the evaluations (mmengine gives each rank the same metrics), so that all
+    ranks agree on whether the final iteration still needs one.
+
+    Args:
+        work_dir: the run folder.
+        started: when this worker process started (``time.time()``).
+        write: whether this process writes the files (rank 0).
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, work_dir: Path, started: float, write: bool):
+        self.work_dir, self.started, self.write = work_dir, started, write
+        previous = rundir.read(work_dir, rundir.PROGRESS) or {}
+        self.base_wall = float(previous.get("wall_time_s") or 0.0)
+        self.base_train = float(previous.get("train_time_s") or 0.0)
+        self.evaluations: list[dict] = list(previous.get("evaluations") or [])
+        self.attempts: list[dict] = list(previous.get("attempts") or [])
+        self.max_iters, self.start_iter, self.loss = 0, 0, None
+        self.iteration: int | None = None  # the last one finished; None until training starts
+        self.train_started, self.train_time, self.last_write = None, 0.0, 0.0
+        self.chance_miou = None
+
+    def load(self, cfg, start_iter: int) -> None:
+        """Settings from the run's config; ``start_iter`` is the checkpoint resumed from (0: none)."""
+        from ablate.data.synthetic import read_meta
+
+        self.max_iters = int(cfg.train_cfg.get("max_iters", 0))
+        self.start_iter = start_iter
+        # Evaluations after the checkpoint belong to an attempt whose later iterations are redone.
+        self.evaluations = [e for e in self.evaluations if e["iteration"] <= start_iter]
+        self.attempts.append({"started_at": rundir.now(), "start_iter": start_iter, "pid": os.getpid()})
+        data_root = (cfg.get("val_dataloader") or {}).get("dataset", {}).get("data_root")
+        meta = read_meta(data_root) if data_root else None
+        self.chance_miou = meta.get("chance_miou") if meta else None
+
+    def before_train(self, runner) -> None:
+        self.train_started, self.iteration = time.time(), runner.iter
+        self._write(runner.iter, force=True)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        if loss is not None:
+            self.loss = float(loss.item() if hasattr(loss, "item") else loss)
+        self.iteration = runner.iter + 1
+        self._write(self.iteration, force=self.iteration >= self.max_iters)
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if not metrics or "mIoU" not in metrics:
+            return
+        iteration = runner.iter
+        self.evaluations = [e for e in self.evaluations if e["iteration"] != iteration]
+        scores = {k: round(float(metrics[k]), 2) for k in ("mIoU", "aAcc", "mAcc") if k in metrics}
+        self.evaluations.append({"iteration": iteration, **scores})
+        self._write(iteration, force=True)
+
+    def after_train(self, runner) -> None:
+        # A run resumed from its final checkpoint, or killed between that checkpoint and the
+        # evaluation that follows it, has no evaluation of its final weights yet.
+        final = runner.iter >= self.max_iters
+        if final and runner.val_loop is not None and not any(e["iteration"] == runner.iter for e in self.evaluations):
+            runner.val_loop.run()
+        self.train_time = time.time() - self.train_started
+        self._write(runner.iter, force=True)
+
+    def result(self, runner) -> dict:
+        """The run's result.json content; raises when no evaluation was recorded."""
+        evaluations = sorted(self.evaluations, key=lambda e: e["iteration"])
+        if not evaluations:
+            raise RuntimeError("training finished without an evaluation: the config needs a val_dataloader, "
+                               "val_evaluator and train_cfg.val_interval")
+        best, last = max(evaluations, key=lambda e: e["mIoU"]), evaluations[-1]
+        meta = runner.cfg.get("ablate") or {}
+        return {
+            "study": meta.get("study"), "profile": meta.get("profile"), "variant": meta.get("variant"),
+            "seed": meta.get("seed"),
+            "config_hash": _config_hash(self.work_dir),
+            "status": "done",
+            "miou_best": best["mIoU"], "miou_last": last["mIoU"],
+            "aacc_last": last.get("aAcc"), "macc_last": last.get("mAcc"),
+            "best_iter": best["iteration"],
+            "evaluations": evaluations,
+            "iterations": runner.iter, "max_iters": self.max_iters,
+            "wall_time_s": round(self.base_wall + time.time() - self.started, 2),
+            "train_time_s": round(self.base_train + self.train_time, 2),
+            "resumed_from": self.start_iter or None,
+            "attempts": self.attempts,
+            "finished_at": rundir.now(),
+            "chance_miou": self.chance_miou,
+        }
+
+    def _write(self, iteration: int, force: bool = False) -> None:
+        now = time.time()
+        if not self.write or (not force and now - self.last_write < PROGRESS_EVERY_S):
+            return
+        self.last_write = now
+        in_train = now - self.train_started if self.train_started else 0.0
+        done = iteration - self.start_iter
+        eta = in_train / done * (self.max_iters - iteration) if done > 0 else None
+        rundir.write(self.work_dir, rundir.PROGRESS, {
+            "iteration": iteration, "max_iters": self.max_iters, "loss": self.loss,
+            "eta_s": round(eta, 1) if eta is not None else None,
+            "updated_at": rundir.now(), "pid": os.getpid(),
+            "wall_time_s": round(self.base_wall + now - self.started, 2),
+            "train_time_s": round(self.base_train + (self.train_time or in_train), 2),
+            "evaluations": self.evaluations, "attempts": self.attempts,
+        })
+
+
+def _config_hash(work_dir: Path) -> str:
+    from ablate.configs import text_hash
+
+    return text_hash((work_dir / rundir.CONFIG).read_text())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""A stand-in for ``ablate.train`` that trains nothing, for launcher and orchestration tests.
+
+Reads ``WORK_DIR/fake.json`` (``{"sleep": s, "outcome": "done" | "fail" | "kill" | "exit", "code": n}``),
+appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, rank, world size,
+CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, start and end time), and leaves what the real worker
+leaves: ``result.json`` when done, ``failed.json`` on a failure (rank 0 only). Run as
+``python -m fake_worker WORK_DIR`` (local, torchrun) or through ``train(WORK_DIR)`` (submitit).
+"""
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from ablate.launch import rundir
+
+
+def train(work_dir) -> int:
+    work_dir = Path(work_dir)
+    spec = json.loads((work_dir / "fake.json").read_text()) if (work_dir / "fake.json").exists() else {}
+    rank = int(os.environ.get("RANK", "0"))
+    call = {"pid": os.getpid(), "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
+            "start": time.time()}
+    _append(work_dir, call)
+    time.sleep(float(spec.get("sleep", 0)))
+    outcome = spec.get("outcome", "done")
+    if outcome == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    call["end"] = time.time()
+    _append(work_dir, call)
+    if rank != 0:
+        return 0
+    if outcome == "done":
+        rundir.write(work_dir, rundir.RESULT, {"status": "done", "miou_best": 12.5, "miou_last": 11.0,
+                                               "best_iter": 4, "iterations": 4, "max_iters": 4,
+                                               "wall_time_s": 1.0})
+        return 0
+    if outcome == "fail":
+        rundir.write_failed(work_dir, "ValueError at iteration 3: fake failure", "line 1\nline 2\n", 1)
+        return 1
+    return int(spec.get("code", 5))
+
+
+def _append(work_dir: Path, call: dict) -> None:
+    with open(work_dir / "fake_calls.jsonl", "a") as f:
+        f.write(json.dumps(call) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(train(sys.argv[1]))

@@ -1,0 +1,77 @@
+"""The local launcher: the launcher contract, the GPU-slot pool, and its one-line refusals."""
+import time
+
+import pytest
+
+from ablate.errors import LaunchError
+from ablate.launch.local import LocalLauncher, PoolOptions
+from ablate.study import Run
+
+from .contract import LauncherContract
+
+
+class TestLocalLauncher(LauncherContract):
+    def make_launcher(self):
+        return LocalLauncher()
+
+
+def test_sequential_on_the_cpu_uses_every_core_one_run_at_a_time(tmp_path, fake_worker):
+    launcher = LocalLauncher(PoolOptions(cpus=2))
+    runs = [Run("s", "p", f"v{i}", 0, tmp_path / f"v{i}") for i in range(2)]
+    for run in runs:
+        fake_worker.set(run.work_dir, sleep=0.5)
+    LauncherContract.wait(launcher, launcher.submit(runs))
+    first, second = (fake_worker.calls(r.work_dir) for r in runs)
+    assert first[1]["end"] <= second[0]["start"]  # one after another
+    assert first[0]["omp"] == "2"
+    assert (runs[0].work_dir / "worker.log").read_text().count("=== ") == 1
+
+
+def test_a_pool_of_gpu_slots_starts_the_next_run_as_soon_as_one_frees(tmp_path, fake_worker):
+    launcher = LocalLauncher(PoolOptions(gpus=2, gpu_ids=("3", "5"), cpus=2))
+    runs = [Run("s", "p", f"v{i}", 0, tmp_path / f"v{i}") for i in range(3)]
+    for run, sleep in zip(runs, (3.0, 0.3, 0.3)):
+        fake_worker.set(run.work_dir, sleep=sleep)
+    outcomes = LauncherContract.wait(launcher, launcher.submit(runs))
+    assert [o.status for o in outcomes] == ["done"] * 3
+    calls = [fake_worker.calls(r.work_dir) for r in runs]
+    assert {calls[0][0]["cuda"], calls[1][0]["cuda"]} == {"3", "5"}  # one GPU each
+    assert calls[2][0]["cuda"] == calls[1][0]["cuda"]  # the freed slot
+    assert calls[2][0]["start"] < calls[0][1]["end"]  # did not wait for the long run
+    assert calls[2][0]["start"] - calls[1][1]["end"] < 1.5  # started right after the slot freed
+    assert calls[0][0]["omp"] == "1"  # two cores shared by two slots
+
+
+def test_the_local_launcher_runs_one_process_per_run():
+    with pytest.raises(LaunchError, match="--gpus-per-run 2: the local launcher runs one process per run"):
+        LocalLauncher(PoolOptions(gpus_per_run=2))
+
+
+def test_gpus_without_cuda_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(LaunchError, match=r"--gpus 2: no CUDA device is visible"):
+        LocalLauncher(PoolOptions(gpus=2))
+
+
+def test_more_gpus_than_visible_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LaunchError, match=r"^--gpus 4: only 1 CUDA device visible$"):
+        LocalLauncher(PoolOptions(gpus=4))
+
+
+def test_cancelling_a_queued_run_means_it_never_starts(tmp_path, fake_worker):
+    launcher = LocalLauncher()
+    runs = [Run("s", "p", f"v{i}", 0, tmp_path / f"v{i}") for i in range(2)]
+    for run in runs:
+        fake_worker.set(run.work_dir, sleep=1)
+    first, second = launcher.submit(runs)
+    launcher.cancel(second)
+    assert launcher.poll(second).status == "skipped"
+    assert LauncherContract.wait(launcher, [first])[0].status == "done"
+    time.sleep(0.3)
+    assert fake_worker.calls(runs[1].work_dir) == []

@@ -1,0 +1,61 @@
+"""The torchrun launcher: the launcher contract with two processes per run, its refusals, and a
+real smoke run over two CPU processes (gloo)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ablate.errors import LaunchError
+from ablate.launch.local import PoolOptions
+from ablate.launch.torchrun import TorchrunLauncher
+from ablate.study import Run
+
+from .contract import LauncherContract
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class TestTorchrunLauncher(LauncherContract):
+    world_size = 2
+
+    def make_launcher(self):
+        return TorchrunLauncher(PoolOptions(gpus_per_run=2))
+
+
+def test_each_process_gets_its_share_of_the_cores(tmp_path, fake_worker):
+    launcher = TorchrunLauncher(PoolOptions(gpus_per_run=2, cpus=4))
+    run = Run("s", "p", "v", 0, tmp_path / "v")
+    fake_worker.set(run.work_dir)
+    LauncherContract.wait(launcher, launcher.submit([run]))
+    assert {c["omp"] for c in fake_worker.calls(run.work_dir)} == {"2"}
+
+
+def test_slots_must_divide_the_pool():
+    with pytest.raises(LaunchError, match="--gpus 3 is not a multiple of --gpus-per-run 2"):
+        TorchrunLauncher(PoolOptions(gpus=3, gpus_per_run=2, gpu_ids=("0", "1", "2")))
+
+
+def test_slots_of_k_gpus(tmp_path, fake_worker):
+    launcher = TorchrunLauncher(PoolOptions(gpus=4, gpus_per_run=2, gpu_ids=("0", "1", "2", "3")))
+    assert launcher.slots == [("0", "1"), ("2", "3")]
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_cpu_processes_completes_a_table2_smoke_run(tmp_path):
+    env = dict(os.environ, ABLATE_WORK_DIR=str(tmp_path / "work_dirs"), ABLATE_DATA=str(tmp_path / "data"))
+    proc = subprocess.run([sys.executable, "-m", "ablate.cli", "run", "table2", "--profile", "smoke",
+                           "--variants", "baseline", "--launcher", "torchrun", "--gpus-per-run", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    work_dir = tmp_path / "work_dirs" / "table2" / "smoke" / "baseline" / "seed0"
+    result = json.loads((work_dir / "result.json").read_text())
+    info = json.loads((work_dir / "run.json").read_text())
+    log = (work_dir / "worker.log").read_text()
+    assert info["launcher"] == "torchrun" and info["world_size"] == 2
+    assert "Distributed training: True" in log and "backend='gloo'" in log
+    assert result["iterations"] == result["max_iters"] >= 40
+    assert result["miou_best"] > result["chance_miou"]
+    print(f"\ntorchrun x2 smoke run: {result['wall_time_s']:.0f} s, mIoU best {result['miou_best']:.2f} "
+          f"(chance {result['chance_miou']:.2f})")

@@ -1,0 +1,318 @@
+"""Report formats (markdown, CSV, LaTeX, JSON, PNG) and the `ablate report` command, from hand-built runs."""
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate import report
+from ablate.cli import app
+from ablate.collect import collect
+from ablate.errors import ReportError
+from ablate.results import aggregate
+from ablate.study import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "table2_smoke.md"
+FLOPS_CONVENTION = "G multiply-accumulates (MACs) for one 3x512x512 image in inference mode"
+LABEL = "smoke profile: synthetic data, 40 iterations \u2014 not comparable to the paper's numbers"
+
+# seed -> mIoU (best); last = best - 0.5. dwt's paired diffs 1.0, 1.1 -> p = 0.030 (marked);
+# attention's seed 1 failed, dwt_attention has not started.
+BEST = {"baseline": {0: 40.0, 1: 41.0}, "dwt": {0: 41.0, 1: 42.1}, "attention": {0: 40.6}}
+MEASURED = {"baseline": {"params_m": 4.5213, "gmacs": 7.112},
+            "dwt": {"params_m": 4.5762, "gmacs": 7.205},
+            "attention": {"params_m": 4.5213, "gmacs": 24.131, "uncounted": {"aten::_foreach_mul": 3}},
+            "dwt_attention": {"params_m": 4.5762, "gmacs": 24.224}}
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("ABLATE_STUDIES", raising=False)
+    monkeypatch.delenv("ABLATE_FULL_ERROR", raising=False)
+    monkeypatch.setenv("ABLATE_WORK_DIR", str(tmp_path / "work_dirs"))
+
+
+def two_seeds():
+    return dataclasses.replace(load_study(str(REPO / "experiments" / "table2.yaml")), seeds=(0, 1))
+
+
+def build_runs(root, study, best=BEST):
+    for run in study.runs("smoke", work_root=root):
+        run.work_dir.mkdir(parents=True, exist_ok=True)
+        value = best.get(run.variant, {}).get(run.seed)
+        if value is not None:
+            (run.work_dir / "result.json").write_text(json.dumps({
+                "miou_best": value, "miou_last": value - 0.5, "aacc_last": 70.0, "iterations": 40,
+                "max_iters": 40, "wall_time_s": 10.0}))
+        elif run.variant == "attention":
+            (run.work_dir / "failed.json").write_text(json.dumps({"error": "loss is NaN at iter 31"}))
+
+
+@pytest.fixture
+def results(tmp_path):
+    study = two_seeds()
+    build_runs(tmp_path / "work_dirs", study)
+    rows = collect(study, "smoke", work_root=tmp_path / "work_dirs", measure=MEASURED)
+    return aggregate(study, "smoke", rows, MEASURED)
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_matches_the_golden_file(results):
+    text = report.render_markdown(results)
+    if not GOLDEN.exists():
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+        pytest.fail(f"wrote {GOLDEN}; check it and commit it")
+    expected = GOLDEN.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True),
+                                            str(GOLDEN), "rendered"))
+        pytest.fail(f"rendered markdown differs from the golden file:\n{diff}\n"
+                    f"delete {GOLDEN} and rerun the tests if this change is intended")
+
+
+def test_markdown_columns_and_cells(results):
+    text = report.render_markdown(results)
+    header, *rows = table_rows(text)
+    assert header == ["variant", "mIoU (best)", "\u0394 base", "paper", "\u0394 paper", "mIoU (last)",
+                      "Params (M)", "\u0394 base", "paper", "FLOPs (G)", "\u0394 base", "paper", "status"]
+    assert len(rows) == 4 and all(len(r) == len(header) for r in rows)
+    base, dwt, att, both = rows
+    assert base == ["SegNeXt + FreqFusion", "40.50 \u00b1 0.71 (n=2)", "\u2014", "43.52", "-3.02",
+                    "40.00 \u00b1 0.71 (n=2)", "4.52", "\u2014", "4.44", "7.11", "\u2014", "7.03", "done"]
+    # dwt: +1.05 with p = 0.030 -> marked; params delta with 3 decimals; the paper's as printed (+0.06)
+    assert dwt[1:5] == ["41.55 \u00b1 0.78 (n=2)", "+1.05\u2020", "44.03", "-2.48"]  # 2.48 > 2 x 0.78
+    assert dwt[6:] == ["4.58", "+0.055", "+0.06", "7.21", "+0.09", "+0.09", "done"]
+    # attention: one seed, no std, not marked; its FLOPs delta is the attention's matrix products
+    assert att[1:5] == ["40.60", "+0.10", "43.75", "-3.15"]
+    assert att[10:] == ["+17.02", "+0.01", "1 done, 1 failed"]
+    # nothing finished: dashes, not zeros, and the status says why
+    assert both[1:3] == ["\u2014", "\u2014"] and both[-1] == "pending"
+
+
+def test_markdown_opens_with_the_profile_label_and_states_the_conventions(results):
+    text = report.render_markdown(results)
+    first_lines = text.splitlines()[:3]
+    assert LABEL in first_lines[2]
+    assert FLOPS_CONVENTION in text and "does not see matrix products" in text
+    assert "aten::_foreach_mul x3" in text          # uncounted operators are said
+    assert "run `attention/seed1` failed: loss is NaN at iter 31" in text
+    assert "compare" in text.lower() and "best" in text
+
+
+def test_compare_last_puts_the_last_evaluation_first(tmp_path):
+    study = dataclasses.replace(two_seeds(), compare_miou="last")
+    build_runs(tmp_path, study)
+    res = aggregate(study, "smoke", collect(study, "smoke", work_root=tmp_path, measure=MEASURED), MEASURED)
+    header, base, *_ = table_rows(report.render_markdown(res))
+    assert header[1] == "mIoU (last)" and header[5] == "mIoU (best)"
+    assert base[1].startswith("40.00") and base[4] == "-3.52"
+
+
+def test_pipe_in_a_label_does_not_break_the_markdown_table(results):
+    results.variants.loc[results.variants["variant"] == "dwt", "label"] = "a | b"
+    header, _, dwt, *_ = table_rows(report.render_markdown(results))
+    assert dwt[0] == "a \\| b"
+
+
+# --------------------------------------------------------------------------- CSV, JSON, LaTeX
+
+
+def test_csv_parses_back_to_the_unrounded_numbers(results):
+    text = report.render_csv(results)
+    assert text.startswith(f"# {LABEL}\n")
+    assert FLOPS_CONVENTION in text
+    body = [line for line in text.splitlines(True) if not line.startswith("#")]
+    rows = list(csv.DictReader(io.StringIO("".join(body))))
+    records = results.records()
+    assert [r["variant"] for r in rows] == [r["variant"] for r in records]
+    for row, record in zip(rows, records):
+        for key, value in record.items():
+            if isinstance(value, float):
+                assert float(row[key]) == value, key     # exact: repr round-trips
+            elif value is None:
+                assert row[key] == "", key
+    dwt = rows[1]
+    assert float(dwt["miou_best_delta"]) == pytest.approx(1.05)
+    assert dwt["seeds_done"] == "0;1" and dwt["is_baseline"] == "False"
+    assert rows[3]["miou_best_mean"] == ""  # not finished: empty, not 0
+
+
+def test_json_parses_back_with_every_number_unrounded(results):
+    data = json.loads(report.render_json(results))
+    assert (data["study"], data["profile"], data["compare_miou"]) == ("table2", "smoke", "best")
+    assert data["profile_label"] == LABEL and data["comparable_to_paper"] is False
+    assert FLOPS_CONVENTION in data["conventions"]["FLOPs"]
+    dwt = data["variants"][1]
+    assert dwt["miou_best_mean"] == (41.0 + 42.1) / 2
+    assert dwt["miou_best_p"] == pytest.approx(0.030292, abs=1e-6)  # t = 21 on 1 df
+    assert dwt["params_m_delta"] == 4.5762 - 4.5213
+    assert data["variants"][3]["miou_best_mean"] is None
+    assert any("aten::_foreach_mul" in note for note in data["notes"])
+    assert len(data["runs"]) == 8
+
+
+def test_latex_is_booktabs_and_escaped(results):
+    results.variants.loc[results.variants["variant"] == "dwt", "label"] = "DWT_FF & 50% #1 {x} ~$^\\"
+    text = report.render_latex(results)
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrrrrrrrl}"):
+        assert rule in text
+    assert ("DWT\\_FF \\& 50\\% \\#1 \\{x\\} \\textasciitilde{}\\$\\textasciicircum{}\\textbackslash{}"
+            in text)
+    assert "$\\Delta$ base" in text and "$\\pm$" in text and "+1.05$^\\dagger$" in text
+    assert "\\texttt{attention/seed1}" in text  # `code` spans converted
+    assert "`" not in text.split("\n", 1)[1]  # none left below the comment line
+    assert "\u2014" not in text and "\u0394" not in text and "\u00b1" not in text  # no raw unicode symbols
+    assert "smoke profile: synthetic data, 40 iterations --- not comparable" in text
+    assert FLOPS_CONVENTION in text
+    body = text[text.index("\\midrule"):text.index("\\bottomrule")]
+    assert all(line.count(" & ") == 12 for line in body.splitlines()[1:] if line)
+
+
+def test_latex_escape():
+    assert report.latex_escape("a_b & c% `x_y`") == "a\\_b \\& c\\% \\texttt{x\\_y}"
+    assert report.latex_escape("|x| \u2264 2") == "\\textbar{}x\\textbar{} $\\leq$ 2"
+
+
+# --------------------------------------------------------------------------- files, plot, speed
+
+
+def test_write_reports_writes_every_format_and_a_png(results, tmp_path):
+    paths = report.write_reports(results, tmp_path / "reports", report.parse_formats(["all"]))
+    names = sorted(p.name for p in paths)
+    assert names == ["smoke.csv", "smoke.json", "smoke.md", "smoke.png", "smoke.tex"]
+    assert all(p.parent == tmp_path / "reports" / "table2" for p in paths)
+    png = (tmp_path / "reports" / "table2" / "smoke.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert not list((tmp_path / "reports" / "table2").glob(".*tmp"))  # atomic writes left nothing behind
+
+
+def test_plot_marks_paper_points_hollow_and_ours_filled(results, tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+    from matplotlib.figure import Figure
+
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
+    report.plot(results, tmp_path / "x.png")
+    ax = saved[0].axes[0]
+    paper, ours = (c for c in ax.collections if isinstance(c, PathCollection))  # the two scatter calls
+    assert paper.get_offsets().tolist() == [[7.03, 43.52], [7.12, 44.03], [7.04, 43.75], [7.13, 44.12]]
+    assert paper.get_facecolors().size == 0 and paper.get_edgecolors().shape[0] == 4  # hollow
+    assert ours.get_offsets().tolist() == [[7.112, 40.5], [7.205, 41.55], [24.131, 40.6]]  # not dwt_attention
+    assert ours.get_facecolors().shape[0] == 3  # filled
+    labels = {t.get_text() for t in ax.texts}
+    assert labels == {"SegNeXt + FreqFusion", "+ DWT", "+ Attention", "+ DWT + Attention"}
+
+
+def test_parse_formats():
+    assert report.parse_formats(["all"]) == ["md", "csv", "latex", "json", "png"]
+    assert report.parse_formats(["md", "tex,json", "md"]) == ["md", "latex", "json"]
+    assert report.parse_formats([]) == ["md", "csv", "latex", "json", "png"]
+    with pytest.raises(ReportError, match="did you mean `latex`"):
+        report.parse_formats(["latx"])
+
+
+def test_reporting_100_runs_takes_under_a_second(tmp_path):
+    study = dataclasses.replace(two_seeds(), seeds=tuple(range(25)))
+    best = {v: {s: 40.0 + (s * 7 + i) % 5 / 3 for s in range(25)} for i, v in enumerate(study.variants)}
+    build_runs(tmp_path, study, best)
+
+    def everything():
+        rows = collect(study, "smoke", work_root=tmp_path, measure=MEASURED)
+        res = aggregate(study, "smoke", rows, MEASURED)
+        report.write_reports(res, tmp_path / "reports", report.parse_formats(["all"]))
+        return res
+
+    assert everything().records()[0]["miou_best_n"] == 25  # warm-up: imports are not the report's work
+    best_time = min(_timed(everything) for _ in range(3))
+    assert best_time < 1.0, f"reporting 100 runs took {best_time:.2f} s"
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_report_prints_markdown_and_writes_files(tmp_path):
+    build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}, "dwt": {0: 41.0}})
+    code, out, err = invoke("report", "table2", "--profile", "smoke", "--no-measure", "--out", str(tmp_path / "r"))
+    assert code == 0, err
+    assert LABEL in out and "| variant | mIoU (best) |" in out and "| + DWT | 41.00 | +1.00 |" in out
+    for ext in ("md", "csv", "tex", "json", "png"):
+        assert (tmp_path / "r" / "table2" / f"smoke.{ext}").is_file(), ext
+    assert "Params/FLOPs not measured" in out
+
+
+def test_cli_report_one_format(tmp_path):
+    build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}})
+    code, out, _ = invoke("report", "table2", "-p", "smoke", "--no-measure", "-o", str(tmp_path / "r"),
+                          "--format", "json")
+    assert code == 0
+    assert [p.name for p in (tmp_path / "r" / "table2").iterdir()] == ["smoke.json"]
+    assert "| SegNeXt + FreqFusion | 40.00 |" in out  # the terminal still shows markdown
+
+
+def test_cli_report_measures_through_ablate_measure(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    fake = types.ModuleType("ablate.measure")
+    fake.measure_cached = lambda cfg, shape, cache: {"params_m": 4.5213, "gmacs": 7.112, "uncounted": {}}
+    monkeypatch.setitem(sys.modules, "ablate.measure", fake)
+    build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}})
+    code, out, err = invoke("report", "table2", "-p", "smoke", "-o", str(tmp_path / "r"), "-f", "md")
+    assert code == 0, err
+    assert "| 4.52 | \u2014 | 4.44 | 7.11 |" in out
+
+
+def test_cli_corrupt_result_names_the_file_and_reports_the_rest(tmp_path):
+    work = tmp_path / "work_dirs"
+    build_runs(work, two_seeds(), {"baseline": {0: 40.0}, "dwt": {0: 41.0}})
+    bad = work / "table2" / "smoke" / "dwt" / "seed0" / "result.json"
+    bad.write_text('{"miou_best": 41.0')
+    code, out, err = invoke("report", "table2", "-p", "smoke", "--no-measure", "-o", str(tmp_path / "r"))
+    assert code == 1
+    assert str(bad) in err.replace("\n", "")
+    assert "| SegNeXt + FreqFusion | 40.00 |" in out              # the rest is reported
+    md = (tmp_path / "r" / "table2" / "smoke.md").read_text()
+    assert "Left out (unreadable results)" in md and "dwt/seed0" in md
+
+
+def test_cli_no_runs_says_which_command_to_run(tmp_path):
+    code, out, err = invoke("report", "table2", "--profile", "smoke", "--no-measure")
+    assert code == 2
+    assert "`ablate run table2 --profile smoke`" in err and "none has started" in err
+
+
+def test_cli_unknown_profile_and_format(tmp_path):
+    code, _, err = invoke("report", "table2", "--profile", "smok")
+    assert code == 2 and "unknown profile `smok`; did you mean `smoke`?" in err
+    code, _, err = invoke("report", "table2", "--profile", "smoke", "--format", "docx")
+    assert code == 2 and "unknown report format `docx`" in err
+    code, _, err = invoke("report", "tabel2")
+    assert code == 2 and "unknown study `tabel2`" in err
