@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.data.check import check_ade20k
-from ablate.data.synthetic import CLASSES, META_FILE, ensure_synthetic, make_synthetic, read_meta
+from ablate.data.synthetic import CLASSES, FORMAT, META_FILE, ensure_synthetic, make_synthetic, read_meta
 from ablate.errors import LaunchError
 
 runner = CliRunner()
@@ -70,6 +70,9 @@ def test_ensure_synthetic_makes_it_once_and_leaves_other_folders_alone(tmp_path)
     root = ensure_synthetic(tmp_path / "f")
     stamp = (root / META_FILE).stat().st_mtime_ns
     assert ensure_synthetic(root) == root and (root / META_FILE).stat().st_mtime_ns == stamp
+    outdated = {**read_meta(root), "format": 1}  # made by an older ablate: other images
+    (root / META_FILE).write_text(json.dumps(outdated))
+    assert read_meta(ensure_synthetic(root))["format"] == FORMAT
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(LaunchError, match="exists and is not a synthetic dataset"):

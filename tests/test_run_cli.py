@@ -50,6 +50,25 @@ def test_a_rerun_skips_finished_runs_and_trains_nothing(runs, fake_worker):
     assert all(len(fake_worker.calls(r.work_dir)) == 2 for r in runs.values())  # started once each
 
 
+def test_a_terminal_shows_one_live_line_per_active_run(runs, fake_worker):
+    import io
+
+    from rich.console import Console
+
+    from ablate.launch.local import LocalLauncher
+    from ablate.launch.orchestrate import data_root_for, run_study
+
+    study = load_study("tiny")
+    fake_worker.set(runs["a"].work_dir, sleep=2)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    outcomes = run_study(study, [runs["a"]], LocalLauncher(), data_root_for(study, "smoke", None), console=console)
+    assert outcomes[0].status == "done"
+    text = screen.getvalue()
+    assert re.search(r"a/seed0\s+3/4\s+loss 0\.500", text) and "ETA 1:15" in text
+    assert "done      a/seed0  mIoU best 12.50 (iteration 4), last 11.00" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
 def test_one_failing_run_is_recorded_the_others_go_on_and_the_exit_code_says_so(runs, fake_worker):
     fake_worker.set(runs["b"].work_dir, outcome="fail")
     fake_worker.set(runs["c"].work_dir, outcome="kill")
@@ -172,9 +191,16 @@ def test_more_gpus_than_visible_is_refused(runs, monkeypatch):
 # --- the real thing: slow ------------------------------------------------------------------------
 
 
-def _ablate(*args, env, timeout=900, **kwargs):
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+def _ablate(*args, env, timeout=900):
+    """`ablate ARGS` in the repository, in its own process group, killed whole if it overruns."""
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture

@@ -75,7 +75,9 @@ def check_ade20k(
 
 def _name_some(report: CheckReport, names: list[str], message: str, suffix: str) -> None:
     if names:
-        shown = ", ".join(n + suffix for n in names[:SHOWN]) + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+        shown = ", ".join(n + suffix for n in names[:SHOWN])
+        if len(names) > SHOWN:
+            shown += f" and {len(names) - SHOWN} more"
         report.problems.append(message.format(n=len(names)) + f": {shown}")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from ablate.errors import LaunchError
 
 META_FILE = "ablate_synthetic.json"
+FORMAT = 2  # bump when the images change; an older dataset is then made again
 SPLITS = ("training", "validation")
 
 # ADE20K label -> (its ADE20K name, RGB colour); label 1 is the background of every image. The
@@ -60,9 +61,9 @@ def read_meta(root: str | os.PathLike) -> dict | None:
 
 
 def ensure_synthetic(root: str | os.PathLike | None = None) -> Path:
-    """Make the synthetic dataset at ``root`` (default :func:`default_root`) unless it is there."""
+    """Make the synthetic dataset at ``root`` (default :func:`default_root`) unless it is there, current."""
     root = Path(root) if root is not None else default_root()
-    if read_meta(root) is None:
+    if (read_meta(root) or {}).get("format") != FORMAT:
         make_synthetic(root)
     return root
 
@@ -111,6 +112,7 @@ def make_synthetic(
                 val_labels.append(label)
     meta = {
         "generator": "ablate.data.synthetic",
+        "format": FORMAT,
         "seed": seed,
         "size": list(size),
         "counts": counts,

@@ -3,7 +3,8 @@
 Reads ``WORK_DIR/fake.json`` (``{"sleep": s, "outcome": "done" | "fail" | "kill" | "exit", "code": n}``),
 appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, rank, world size,
 CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, start and end time), and leaves what the real worker
-leaves: ``result.json`` when done, ``failed.json`` on a failure (rank 0 only). Run as
+leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
+failure (rank 0 only). Run as
 ``python -m fake_worker WORK_DIR`` (local, torchrun) or through ``train(WORK_DIR)`` (submitit).
 """
 import json
@@ -24,6 +25,8 @@ def train(work_dir) -> int:
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
             "start": time.time()}
     _append(work_dir, call)
+    if rank == 0:
+        rundir.write(work_dir, rundir.PROGRESS, {"iteration": 3, "max_iters": 4, "loss": 0.5, "eta_s": 75.0})
     time.sleep(float(spec.get("sleep", 0)))
     outcome = spec.get("outcome", "done")
     if outcome == "kill":

@@ -2,6 +2,7 @@
 real smoke run over two CPU processes (gloo)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -45,10 +46,16 @@ def test_slots_of_k_gpus(tmp_path, fake_worker):
 @pytest.mark.slow
 def test_torchrun_with_two_cpu_processes_completes_a_table2_smoke_run(tmp_path):
     env = dict(os.environ, ABLATE_WORK_DIR=str(tmp_path / "work_dirs"), ABLATE_DATA=str(tmp_path / "data"))
-    proc = subprocess.run([sys.executable, "-m", "ablate.cli", "run", "table2", "--profile", "smoke",
-                           "--variants", "baseline", "--launcher", "torchrun", "--gpus-per-run", "2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", "table2", "--profile", "smoke",
+                             "--variants", "baseline", "--launcher", "torchrun", "--gpus-per-run", "2"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+        raise
+    assert proc.returncode == 0, output
     work_dir = tmp_path / "work_dirs" / "table2" / "smoke" / "baseline" / "seed0"
     result = json.loads((work_dir / "result.json").read_text())
     info = json.loads((work_dir / "run.json").read_text())
