@@ -47,9 +47,11 @@ Measurements:
 Ratios are ``ours / ref`` (and ``ours / mmcv``): below 1 is faster or smaller. Targets (issue
 #8): fwd+bwd time <= 0.5 and fwd+bwd peak memory <= 0.7 of the reference, on CPU.
 
-Threads: on a machine whose cores are busy with other work, use ``--threads 1``. With more
-threads than free cores every parallel op waits at its barrier for a descheduled OpenMP
-thread, so the timings measure the scheduler (and favour whichever side issues fewer ops).
+Threads: the script sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it, as
+``ablate run`` does for its workers: idle OpenMP threads then sleep instead of spinning. With
+spinning threads on a machine whose cores are busy with other work, every parallel op waits at
+its barrier for a descheduled thread, and the timings measure the scheduler (several times
+slower, and favouring whichever side issues fewer ops). ``--threads 1`` avoids the question.
 """
 from __future__ import annotations
 
@@ -65,9 +67,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+# Before torch starts its OpenMP runtime (see "Threads" above).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore", message=".*pkg_resources.*")  # mmengine's, on import
@@ -371,7 +376,8 @@ def machine_line(device: torch.device) -> str:
     else:
         what = _cpu_model()
     return (f"device: {what}; torch {torch.__version__}; CPU threads: {torch.get_num_threads()} "
-            f"(of {os.cpu_count()} cores); Python {platform.python_version()}")
+            f"(of {os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); "
+            f"Python {platform.python_version()}")
 
 
 def _cpu_model() -> str:
