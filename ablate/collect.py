@@ -27,6 +27,7 @@ from typing import Any
 
 from ablate.errors import AblateError, ReportError
 from ablate.io import read_json
+from ablate.launch.lock import pid_alive  # one definition: zombies count as dead
 from ablate.study import Run, Study
 
 STATUSES = ("done", "running", "failed", "pending")
@@ -137,16 +138,6 @@ def lock_is_live(path: Path) -> bool:
     return pid_alive(int(pid_match.group(1)))
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
     return True
 
 
