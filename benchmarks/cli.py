@@ -4,19 +4,21 @@ Usage: ``python benchmarks/cli.py [--repeats N] [--skip-study] [--keep]``.
 
 1. ``ablate --help``: wall time of the whole subprocess (interpreter start included), median of
    ``--repeats``; ``python -c pass`` is timed alongside for the interpreter's own share. Target
-   under 0.3 s. When it misses, the slowest imports of ``python -X importtime -c "import
-   ablate.cli"`` are printed.
+   under 0.3 s. When it misses, the largest imports of ``python -X importtime -m ablate.cli
+   --help`` are printed.
 2. ``ablate report table2 --profile smoke --no-measure``, all formats and markdown only, written
    to a temp folder: against the finished smoke runs in ``$ABLATE_WORK_DIR`` (default
    ``work_dirs``) if there are any, else against fake finished runs (a ``result.json`` per run,
    as CONTRACTS.md describes) in a temp work dir. Target under 1 s.
-3. Unless ``--skip-study`` (it trains four smoke runs: minutes, more on a busy machine): ``ablate run table2 --profile smoke`` in a fresh
-   temp work dir, with the synthetic data made beforehand (``ablate data synth``, timed apart).
-   The overhead is the share of the command's wall time not spent inside the runs' training
-   loops (``train_time_s`` of each ``result.json``, which includes the evaluations):
-   ``1 - sum(train_time_s) / wall``. It is split into the workers' own start-up and wrap-up
-   (``wall_time_s - train_time_s`` per run) and what the orchestrating command adds around them.
-   Target under 5 %.
+3. Unless ``--skip-study`` (four smoke runs: minutes, more on a busy machine): ``ablate run
+   table2 --profile smoke`` in a fresh temp work dir, with the synthetic data made beforehand
+   (``ablate data synth``, timed apart). The overhead is the share of the command's wall time
+   not spent inside the runs' training loops (``train_time_s`` of each ``result.json``, which
+   includes the evaluations): ``1 - sum(train_time_s) / wall``, target under 5 %. It is split
+   into the workers' start-up before ``train()`` (interpreter and imports: from the launch line
+   the local launcher writes to ``worker.log`` to the start of ``wall_time_s``), their set-up and
+   wrap-up inside it (``wall_time_s - train_time_s``: mmengine's Runner, model, data, result),
+   and the rest, which ``ablate run`` itself spends (start-up, configs, launching, polling).
 
 Start-up is given as wall time and as CPU time (user + system of the child, from
 ``getrusage``): on a machine shared with other work the wall time also counts waiting for a core,

@@ -118,7 +118,7 @@ def reference_carafe(x: Tensor, mask: Tensor, kernel_size: int, group: int = 1, 
     """
     b, c, h, w = x.shape
     kk = kernel_size * kernel_size
-    cols = F.unfold(x, kernel_size, padding=kernel_size // 2).view(b, c * kk, h, 1, w, 1)  # (B, C*k*k, h*w)
+    cols = F.unfold(x, kernel_size, padding=kernel_size // 2).view(b, c * kk, h, 1, w, 1)
     cols = cols.expand(b, c * kk, h, up, w, up).reshape(b, group, c // group, kk, h * up, w * up)
     weights = mask.view(b, group, 1, kk, h * up, w * up)
     return (cols * weights).sum(dim=3).view(b, c, h * up, w * up)
