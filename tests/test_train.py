@@ -1,4 +1,5 @@
 """The worker (``ablate.train``), in-process on the tiny study: result, progress, resume, failure, lock."""
+import copy
 import json
 import os
 import time
@@ -120,3 +121,21 @@ def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
     os.remove(tmp_path / "iter_4.pth")
     os.remove(tmp_path / "iter_2.pth")
     assert rundir.latest_checkpoint(tmp_path) is None
+
+
+def test_the_config_text_is_formatted_once_per_content(monkeypatch):
+    from mmengine.config import Config
+
+    from ablate.train import FormatOnceConfig
+
+    calls = []
+    original = Config.pretty_text.fget
+    monkeypatch.setattr(Config, "pretty_text", property(lambda self: calls.append(1) or original(self)))
+    cfg = FormatOnceConfig(dict(model=dict(type="M", depth=[1, 2]), lr=0.1))
+    text = cfg.pretty_text
+    assert cfg.pretty_text == text and len(calls) == 1
+    assert original(Config(dict(model=dict(type="M", depth=[1, 2]), lr=0.1))) == text
+    copied = copy.deepcopy(cfg)
+    assert copied.pretty_text == text and len(calls) == 1
+    copied.lr = 0.2  # a changed config is formatted again
+    assert "lr = 0.2" in copied.pretty_text and len(calls) == 2
