@@ -6,7 +6,8 @@ What is compared, at the shapes of a 512x512 input to SegNeXt-T (batch ``--batch
 
 * ``op``: one CARAFE call, the largest of each kind in the head: the 5x5 ``up=2`` upsampling of
   FreqFusion #2's lr input (416 ch, 32x32 -> 64x64) and its 3x3 ``up=1`` high-pass filter of the
-  hr input (64 ch, 64x64).
+  hr input (64 ch, 64x64); and the spatial self-attention of the "+ Attention" variants on
+  block #2's two outputs (416 and 64 ch at 64x64, dropout 0.1).
 * ``block``: FreqFusion #2 of the head (hr 64 ch at 64x64, lr 416 ch at 32x32, Cc 120; the larger
   of the two blocks), for each switch (baseline, dwt, attention, dwt+attention, dsconv, and
   hamming: the Hamming-windowed kernels, off in the published config), published settings
@@ -20,9 +21,12 @@ Implementations (columns):
 * ``ref``: the same modules with the usual pure-PyTorch CARAFE swapped in (defined below:
   ``F.unfold`` the input, nearest-upsample the unfolded tensor ``up`` times, multiply by the
   kernels, sum over the taps; the approach of upstream FreqFusion's fallback) and the textbook
-  kernel normaliser (softmax, then times the Hamming window and divided by its sum). The swap
-  patches the two names ``freqfusion.fusion`` looks up (``carafe``, ``normalize_kernel``) for the
-  duration of one call; nothing else changes.
+  kernel normaliser (softmax, then times the Hamming window and divided by its sum), and the
+  attention as one ``scaled_dot_product_attention`` call also when training on CPU (where
+  ``ours`` computes it blockwise, see ``freqfusion.attention``). The swap patches the three names
+  that ``freqfusion.fusion`` and ``freqfusion.attention`` look up (``carafe``,
+  ``normalize_kernel``, ``blockwise_dropout_attention``) for the duration of one call; nothing
+  else changes.
 * ``mmcv`` (CUDA with full mmcv only): ``carafe_impl='mmcv'``, mmcv's compiled op.
 
 Measurements:
@@ -82,8 +86,10 @@ warnings.filterwarnings("ignore", category=UserWarning, module="mmseg")  # depre
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 import freqfusion  # noqa: E402  (registers FreqFusionHamHead; applies ablate.compat)
+import freqfusion.attention  # noqa: E402
 import freqfusion.fusion  # noqa: E402
 from freqfusion import FreqFusion  # noqa: E402
+from freqfusion.attention import SpatialSelfAttention  # noqa: E402
 from freqfusion.carafe import carafe, has_full_mmcv  # noqa: E402
 
 BASE_CONFIG = ROOT / "experiments" / "_base_" / "segnext_t_freqfusion_ade20k.py"
@@ -135,16 +141,29 @@ def reference_normalize_kernel(logits: Tensor, kernel_size: int, window: Tensor 
     return kernels.view(b, c, h, w)
 
 
+def reference_dropout_attention(tokens: Tensor, dropout: float) -> Tensor:
+    """The attention as the spec writes it: one ``scaled_dot_product_attention`` call, also on CPU.
+
+    In training with dropout PyTorch has no fused CPU kernel for it and runs its math path.
+    """
+    heads = tokens.unsqueeze(1)
+    return F.scaled_dot_product_attention(heads, heads, heads, dropout_p=dropout).squeeze(1)
+
+
 @contextlib.contextmanager
 def reference_swapped_in():
-    """Make ``freqfusion.fusion`` use the reference CARAFE and normaliser inside the block."""
-    module = freqfusion.fusion
-    saved = module.carafe, module.normalize_kernel
-    module.carafe, module.normalize_kernel = reference_carafe, reference_normalize_kernel
+    """Make freqfusion use the reference CARAFE, normaliser and attention while inside."""
+    swaps = [(freqfusion.fusion, "carafe", reference_carafe),
+             (freqfusion.fusion, "normalize_kernel", reference_normalize_kernel),
+             (freqfusion.attention, "blockwise_dropout_attention", reference_dropout_attention)]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
+    for module, name, reference in swaps:
+        setattr(module, name, reference)
     try:
         yield
     finally:
-        module.carafe, module.normalize_kernel = saved
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 # --- cases -------------------------------------------------------------------------------------
@@ -219,6 +238,11 @@ def build_cases(groups: list[str], variants: list[str], batch: int, device: torc
             mask = logits.softmax(1).requires_grad_()
             name = f"carafe {c}ch {size}->{size * up} k{k}"
             cases.append(_op_case(name, x, mask, k, up, impls))
+        for c in (416, 64):  # the attention on block #2's outputs (lr_up, hr_out)
+            attention = SpatialSelfAttention(dropout=0.1)
+            x = _randn(batch, c, HW, HW, device=device, seed=5)
+            cases.append(_module_case("op", f"attention {c}ch {HW}x{HW}", attention, [x],
+                                      lambda m, xs: m(xs[0]), [i for i in impls if i != "mmcv"]))
     for variant in variants:
         switches = VARIANTS[variant]
         if "block" in groups:

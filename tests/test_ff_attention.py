@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from freqfusion.attention import SpatialSelfAttention
+from freqfusion.attention import SpatialSelfAttention, blockwise_dropout_attention
 
 
 def attention_explicit(x: torch.Tensor) -> torch.Tensor:
@@ -42,3 +42,47 @@ def test_attention_gradients_and_bad_dropout():
     assert torch.autograd.gradcheck(lambda t: SpatialSelfAttention().eval()(t), (x,))
     with pytest.raises(ValueError, match="dropout"):
         SpatialSelfAttention(dropout=1.5)
+
+
+def explicit_with_mask(tokens: torch.Tensor, mask: torch.Tensor, dropout: float) -> torch.Tensor:
+    weights = torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(tokens.shape[-1]), dim=-1)
+    return (weights * mask / (1 - dropout)) @ tokens
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 40, None])
+def test_blockwise_dropout_attention_is_the_formula_with_a_mask_from_the_seed(block_rows):
+    tokens = torch.randn(2, 40, 12, dtype=torch.float64)
+    torch.manual_seed(5)
+    out = blockwise_dropout_attention(tokens, 0.3, block_rows)
+    torch.manual_seed(5)  # the mask is one draw from the default generator
+    mask = torch.empty(2, 40, 40, dtype=torch.bool).bernoulli_(0.7)
+    assert 0.6 < mask.double().mean() < 0.8
+    assert torch.allclose(out, explicit_with_mask(tokens, mask, 0.3), atol=1e-12)
+
+
+@pytest.mark.parametrize("block_rows", [3, 13])
+def test_blockwise_dropout_attention_gradients(block_rows):
+    tokens = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+
+    def seeded(t):
+        torch.manual_seed(11)
+        return blockwise_dropout_attention(t, 0.25, block_rows)
+
+    assert torch.autograd.gradcheck(seeded, (tokens,))
+    grad = torch.randn(2, 13, 5, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(seeded(tokens), tokens, grad)
+    torch.manual_seed(11)
+    mask = torch.empty(2, 13, 13, dtype=torch.bool).bernoulli_(0.75)
+    (expected,) = torch.autograd.grad(explicit_with_mask(tokens, mask, 0.25), tokens, grad)
+    assert torch.allclose(ours, expected, atol=1e-10)
+
+
+def test_cpu_training_with_dropout_takes_the_blockwise_path():
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    torch.manual_seed(2)
+    out = SpatialSelfAttention(dropout=0.2).train()(x)
+    torch.manual_seed(2)
+    tokens = x.flatten(2).transpose(1, 2)
+    mask = torch.empty(2, 20, 20, dtype=torch.bool).bernoulli_(0.8)
+    expected = x + explicit_with_mask(tokens, mask, 0.2).transpose(1, 2).reshape(x.shape)
+    assert torch.allclose(out, expected, atol=1e-12)
