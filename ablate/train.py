@@ -30,6 +30,7 @@ from pathlib import Path
 from mmengine.config import Config  # the worker needs mmengine (and torch) anyway
 from mmengine.hooks import Hook
 
+from ablate.configs import config_text
 from ablate.launch import rundir
 from ablate.launch.lock import LockHeld, RunLock, new_token
 
@@ -139,21 +140,13 @@ def _one_line(exc: BaseException, iteration: int | None) -> str:
 
 
 class FormatOnceConfig(Config):
-    """``Config`` whose ``pretty_text`` is formatted once per content instead of at every use.
+    """``Config`` whose ``pretty_text`` is formatted once per content (:func:`ablate.configs.config_text`).
 
-    mmengine formats the whole config with yapf (about 0.6 s for ours) for the config dump, the
-    log, the visualizer and the meta of every checkpoint: ten times, 6 s, in a 40-iteration smoke
-    run. The cache is keyed by the config's content, so a changed config is formatted again.
+    mmengine's Runner formats its config for the dump, the log, the visualizer and the meta of
+    every checkpoint: ten yapf runs, 6 s, in a 40-iteration smoke run.
     """
 
-    @property
-    def pretty_text(self) -> str:
-        key = repr(self._cfg_dict.to_dict())
-        cached = self.__dict__.get("_pretty_text_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, super().pretty_text)
-            object.__setattr__(self, "_pretty_text_cache", cached)
-        return cached[1]
+    pretty_text = property(config_text)
 
 
 class ProgressHook(Hook):

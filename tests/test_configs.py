@@ -99,3 +99,19 @@ def test_list_indices_and_plus_prefix(tmp_path):
     assert cfg.model.decode_head.new_key == 5
     with pytest.raises(ConfigError, match=r"index 2 out of range for a list of 2"):
         resolve_bad(tmp_path, "pipeline.2.type: C")
+
+
+def test_config_text_is_formatted_once_per_content_and_keyed_by_it(tiny_study, monkeypatch):
+    from mmengine.config import Config
+
+    study = load_study("tiny")
+    first, second = study.runs("smoke")[:2]
+    a, b = configs.resolve(study, first), configs.resolve(study, second)
+    calls = []
+    original = Config.pretty_text.fget
+    monkeypatch.setattr(Config, "pretty_text", property(lambda self: calls.append(1) or original(self)))
+    configs._TEXT_CACHE.clear()
+    assert configs.config_text(a) == original(a) and len(calls) == 1
+    assert configs.config_text(configs.resolve(study, first)) == original(a) and len(calls) == 1
+    assert configs.content_key(configs.resolve(study, first)) == configs.content_key(a)
+    assert configs.content_key(b) != configs.content_key(a) and configs.config_text(b) != configs.config_text(a)

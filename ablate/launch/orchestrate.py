@@ -112,13 +112,16 @@ def plan_runs(
 
 
 def _decide(run: Run, cfg, restart: bool) -> PlannedRun:
-    digest = configs.text_hash(cfg.pretty_text)
     work_dir = run.work_dir
     info = rundir.read(work_dir, rundir.RUN_INFO)
     result = rundir.read(work_dir, rundir.RESULT)
     checkpoint = rundir.latest_checkpoint(work_dir) if work_dir.is_dir() else None
-    plan = PlannedRun(run, "start", digest, cfg, info=info)
     recorded = (result or {}).get("config_hash") or (info or {}).get("config_hash")
+    if recorded is not None and (info or {}).get("config_key") == configs.content_key(cfg):
+        digest = recorded  # the content it was prepared with: no need to format its text again
+    else:
+        digest = configs.text_hash(configs.config_text(cfg))
+    plan = PlannedRun(run, "start", digest, cfg, info=info)
     if recorded is not None and recorded != digest:
         changed = _changed_keys(work_dir, cfg)
         if changed and (checkpoint or result):
@@ -267,8 +270,8 @@ def _prepare(planned: Sequence[PlannedRun], launcher: Launcher, outcomes: dict, 
         if p.discard:
             rundir.discard(p.run.work_dir)
         (p.run.work_dir / rundir.FAILED).unlink(missing_ok=True)
-        configs.dump(p.cfg, p.run.work_dir / rundir.CONFIG)
-        info = {"config_hash": p.digest, "started_at": rundir.now(), "launcher": launcher.name, "job_id": None,
+        digest = configs.dump(p.cfg, p.run.work_dir / rundir.CONFIG)
+        info = {"config_hash": digest, "config_key": configs.content_key(p.cfg), "started_at": rundir.now(), "launcher": launcher.name, "job_id": None,
                 "host": socket.gethostname(), "world_size": launcher.processes_per_run, "lock_token": lock.token,
                 **launcher.run_info()}
         rundir.write(p.run.work_dir, rundir.RUN_INFO, info)
