@@ -20,6 +20,7 @@ class TorchrunLauncher(LocalLauncher):
     """Runs each worker as K processes of ``torch.distributed.run`` on this node."""
 
     name = "torchrun"
+    preloaded = False  # torchrun starts the processes itself
 
     def __init__(self, options: PoolOptions = PoolOptions()):
         self.processes_per_run = options.gpus_per_run

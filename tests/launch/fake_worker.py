@@ -1,11 +1,13 @@
 """A stand-in for ``ablate.train`` that trains nothing, for launcher and orchestration tests.
 
 Reads ``WORK_DIR/fake.json`` (``{"sleep": s, "outcome": "done" | "fail" | "kill" | "exit", "code": n}``),
-appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, rank, world size,
-CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, start and end time), and leaves what the real worker
+appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, parent pid, rank, world
+size, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, $FAKE_MARK, whether torch was imported before it
+started, start and end time), writes a line to stdout and one to stderr, and leaves what the real worker
 leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
 failure (rank 0 only). Run as
-``python -m fake_worker WORK_DIR`` (local, torchrun) or through ``train(WORK_DIR)`` (submitit).
+``python -m fake_worker WORK_DIR`` (torchrun; local without preloading), through ``main([WORK_DIR])``
+(local, forked from the preloaded server) or through ``train(WORK_DIR)`` (submitit).
 """
 import json
 import os
@@ -21,10 +23,13 @@ def train(work_dir) -> int:
     work_dir = Path(work_dir)
     spec = json.loads((work_dir / "fake.json").read_text()) if (work_dir / "fake.json").exists() else {}
     rank = int(os.environ.get("RANK", "0"))
-    call = {"pid": os.getpid(), "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    call = {"pid": os.getpid(), "ppid": os.getppid(), "torch": "torch" in sys.modules,
+            "mark": os.environ.get("FAKE_MARK"), "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
             "start": time.time()}
     _append(work_dir, call)
+    print(f"fake worker {rank}: stdout", flush=True)
+    print(f"fake worker {rank}: stderr", file=sys.stderr, flush=True)
     if rank == 0:
         rundir.write(work_dir, rundir.PROGRESS, {"iteration": 3, "max_iters": 4, "loss": 0.5, "eta_s": 75.0})
     time.sleep(float(spec.get("sleep", 0)))
@@ -51,5 +56,9 @@ def _append(work_dir: Path, call: dict) -> None:
         f.write(json.dumps(call) + "\n")
 
 
+def main(argv: list[str]) -> int:
+    return train(argv[0])
+
+
 if __name__ == "__main__":
-    sys.exit(train(sys.argv[1]))
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,5 @@
-"""The local launcher: the launcher contract, the GPU-slot pool, and its one-line refusals."""
+"""The local launcher: the launcher contract, the GPU-slot pool, preloading, and its one-line refusals."""
+import os
 import time
 
 import pytest
@@ -40,6 +41,26 @@ def test_a_pool_of_gpu_slots_starts_the_next_run_as_soon_as_one_frees(tmp_path, 
     assert calls[2][0]["start"] < calls[0][1]["end"]  # did not wait for the long run
     assert calls[2][0]["start"] - calls[1][1]["end"] < 1.5  # started right after the slot freed
     assert calls[0][0]["omp"] == "1"  # two cores shared by two slots
+
+
+@pytest.mark.parametrize("preloaded", [True, False])
+def test_workers_fork_from_the_preloaded_server_unless_it_is_turned_off(tmp_path, fake_worker, monkeypatch,
+                                                                       preloaded):
+    if not preloaded:
+        monkeypatch.setenv("ABLATE_PRELOAD", "0")
+    monkeypatch.setenv("FAKE_MARK", str(tmp_path))  # differs from the environment the server started with
+    run = Run("s", "p", "v", 0, tmp_path / "v")
+    fake_worker.set(run.work_dir, outcome="exit", code=7)
+    launcher = LocalLauncher(PoolOptions(cpus=2))
+    (outcome,) = LauncherContract.wait(launcher, launcher.submit([run]))
+    call = fake_worker.calls(run.work_dir)[0]  # at its start
+    assert outcome.status == "failed" and "status 7" in outcome.error  # the worker's exit status
+    assert (call["ppid"] != os.getpid()) == preloaded  # the forkserver is its parent
+    assert call["torch"] == preloaded  # imported by the server, before the fork
+    assert call["mark"] == str(tmp_path) and call["omp"] == "2"  # the launch's environment
+    log = (run.work_dir / "worker.log").read_text()
+    assert "fake worker 0: stdout" in log and "fake worker 0: stderr" in log
+    assert ("forked from the preloaded server" in log) == preloaded
 
 
 def test_the_local_launcher_runs_one_process_per_run():
