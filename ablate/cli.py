@@ -195,8 +195,9 @@ def report(
 
     Exits 1 when a result.json cannot be read: that run is named and left out, the rest is reported.
     """
-    # lazy: pandas, scipy and matplotlib (and torch when measuring) load only for this command
-    from ablate import tracking  # light: imports wandb only to log
+    # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
+    # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
+    from ablate import tracking
     from ablate.collect import add_measurements, collect, measure_variants
     from ablate.errors import ReportError
     from ablate.report import parse_formats, render_markdown, write_reports
@@ -218,12 +219,11 @@ def report(
     measurements = measure_variants(spec, profile) if measure else {}
     add_measurements(rows, measurements)
     results = aggregate(spec, profile, rows, measurements, problems)
-    console = _console()
-    console.print(render_markdown(results), markup=False)
+    typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
-        console.print(f"wrote {path}", markup=False)
+        typer.echo(f"wrote {path}")
     if log_to_wandb:  # after the files: a W&B failure leaves the local report written
-        console.print(f"logged W&B report run: {tracking.log_report(spec, results)}", markup=False)
+        typer.echo(f"logged W&B report run: {tracking.log_report(spec, results)}")
     if problems:
         from rich.markup import escape
 

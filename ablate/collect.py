@@ -8,7 +8,9 @@ hash). Writes nothing but the measurement cache.
 A run's status is the first that applies:
 
 - ``done``: it has a ``result.json`` (written last, atomically: the run finished and evaluated);
-- ``running``: its ``lock`` names a live process (on another host we cannot tell, so we trust it);
+- ``running``: its ``lock`` is held by a live process (read and judged by :mod:`ablate.launch.lock`,
+  as ``ablate run`` does: a pid on this host must run, one on another host must keep the lock's
+  heartbeat fresh);
 - ``failed``: it has a ``failed.json``;
 - ``pending``: nothing, or checkpoints only (the next ``ablate run`` resumes it).
 
@@ -20,14 +22,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError, ReportError
 from ablate.io import read_json
-from ablate.launch.lock import pid_alive  # one definition: zombies count as dead
+from ablate.launch.lock import RunLock
 from ablate.study import Run, Study
 
 STATUSES = ("done", "running", "failed", "pending")
@@ -97,7 +98,8 @@ def read_run(run: Run, problems: list[str]) -> dict | None:
     row["max_iters"] = _int(progress.get("max_iters")) if progress else None
     if row["iterations"] is None:
         row["iterations"] = last_checkpoint_iter(work_dir)
-    if lock_is_live(work_dir / "lock"):
+    holder = RunLock(work_dir, token="").holder()  # read only: nothing is taken
+    if holder is not None and holder.alive():
         row["status"] = "running"
     elif (work_dir / "failed.json").is_file():
         failed = _read_quietly(work_dir / "failed.json")
@@ -116,29 +118,6 @@ def _checked_result(result) -> dict:
         if _number(result.get(key)) is None:
             raise ValueError(f"`{key}` is {result.get(key)!r}, not a number")
     return result
-
-
-def lock_is_live(path: Path) -> bool:
-    """Whether ``path`` is a lock held by a live process.
-
-    The lock holds the owner's pid and, optionally, its host (``"1234 node07"``, ``"pid=1234
-    host=node07"`` or JSON with ``pid``/``host``). A pid on another host cannot be checked from here,
-    so such a lock counts as live; a lock without a readable pid counts as stale.
-    """
-    try:
-        text = path.read_text()
-    except OSError:
-        return False
-    pid_match = re.search(r"\b(?:pid\W*)?(\d+)\b", text)
-    host_match = re.search(r"host\W+([\w.-]+)", text) or re.search(r"^\s*\d+\s+([\w.-]+)", text)
-    if not pid_match:
-        return False
-    if host_match and host_match.group(1) not in (socket.gethostname(), socket.getfqdn()):
-        return True
-    return pid_alive(int(pid_match.group(1)))
-
-
-    return True
 
 
 def last_checkpoint_iter(work_dir: Path) -> int | None:

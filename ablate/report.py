@@ -92,7 +92,7 @@ def cells(results: Results) -> list[list[str]]:
 
 def lead(results: Results) -> list[str]:
     """The lines every format prints above its table: profile label first, then the baseline."""
-    base_label = results.variants.set_index("variant").loc[results.baseline, "label"]
+    base_label = next(rec["label"] for rec in results.variants if rec["variant"] == results.baseline)
     return [
         results.profile_label,
         f"Baseline: {base_label} (`{results.baseline}`). Compared mIoU: the {results.compare_miou} "

@@ -1,8 +1,8 @@
 """Results: collected rows -> one row per variant, the numbers every report format shows.
 
 Reads the rows of :func:`ablate.collect.collect` and the study (baseline, paper numbers, which mIoU
-the comparison uses) and returns :class:`Results`: a pandas frame of unrounded numbers, the notes
-and conventions a reader needs, and the problems met on the way. Writes nothing; rounding and
+the comparison uses) and returns :class:`Results`: one dict of unrounded numbers per variant, the
+notes and conventions a reader needs, and the problems met on the way. Writes nothing; rounding and
 symbols belong to :mod:`ablate.report`.
 
 Per variant, over its finished seeds: mean, std (ddof=1) and n of mIoU (best and last evaluation);
@@ -11,6 +11,9 @@ t-test against the baseline over those seeds (``scipy.stats.ttest_rel``); the pa
 difference to it, with a verdict ("within noise" when it is at most two of our standard deviations,
 else the signed difference); Params and FLOPs with their deltas to the baseline, beside the paper's.
 Variants with no finished run stay in the table with their status.
+
+Plain Python throughout (no pandas, no numpy): a report is a handful of rows, and ``ablate report``
+should not spend its time importing. scipy is imported only for a paired t-test.
 """
 from __future__ import annotations
 
@@ -19,8 +22,6 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-
-import pandas as pd
 
 from ablate.study import Study
 
@@ -42,7 +43,11 @@ VARIANT_COLUMNS = (
 
 @dataclass
 class Results:
-    """Everything a report shows, unrounded. ``variants`` is one row per variant, in study order."""
+    """Everything a report shows, unrounded.
+
+    ``variants`` is one dict per variant, in study order, with the keys of :data:`VARIANT_COLUMNS`
+    in that order and plain Python values (None for missing).
+    """
 
     study: str
     title: str
@@ -52,7 +57,7 @@ class Results:
     baseline: str
     compare_miou: str  # "best" or "last": which mIoU is compared with the baseline and the paper
     input_shape: tuple[int, int, int]
-    variants: pd.DataFrame
+    variants: list[dict[str, Any]]
     runs: list[dict]
     measurements: dict[str, dict]
     conventions: dict[str, str]
@@ -61,13 +66,12 @@ class Results:
 
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Columns and rows of plain Python values (None for missing), as ``wandb.Table`` takes them."""
-        records = self.records()
-        columns = list(self.variants.columns)
-        return columns, [[record[c] for c in columns] for record in records]
+        columns = list(VARIANT_COLUMNS)
+        return columns, [[record[c] for c in columns] for record in self.records()]
 
     def records(self) -> list[dict[str, Any]]:
-        """The variant rows as JSON-ready dicts (NaN -> None, numpy scalars -> Python)."""
-        return [{k: _plain(v) for k, v in row.items()} for row in self.variants.to_dict("records")]
+        """The variant rows as JSON-ready dicts (copies; NaN -> None)."""
+        return [{k: _plain(v) for k, v in row.items()} for row in self.variants]
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable report: every number unrounded, with conventions and notes."""
@@ -107,43 +111,51 @@ def aggregate(
         problems: lines about runs that could not be read (corrupt result.json), kept for the report.
     """
     measurements = dict(measurements or {})
-    frame = pd.DataFrame(rows, columns=_row_columns(rows))
-    if not frame.empty and set(frame["profile"]) - {profile}:
-        raise ValueError(f"rows of profiles {sorted(set(frame['profile']))} given for profile `{profile}`")
-    done = frame[frame["status"] == "done"]
-    scores = {kind: done.pivot_table(index="seed", columns="variant", values=f"miou_{kind}", aggfunc="first")
-              for kind in MIOU_KINDS}
-    records = [_variant_record(study, name, frame[frame["variant"] == name], scores, measurements)
-               for name in study.variants]
-    variants = pd.DataFrame(records)
-    base_rec = variants.set_index("variant").loc[study.baseline]
-    for key in ("params_m", "gmacs", "paper_params_m", "paper_gmacs"):
-        variants[f"{key}_delta"] = [_minus(v, base_rec[key]) for v in variants[key]]
-    for key in ("params_m", "gmacs"):
-        variants[f"{key}_vs_paper"] = [_minus(v, p) for v, p in zip(variants[key], variants[f"paper_{key}"])]
-    variants = variants[list(VARIANT_COLUMNS)]
+    profiles = {row["profile"] for row in rows}
+    if profiles - {profile}:
+        raise ValueError(f"rows of profiles {sorted(profiles)} given for profile `{profile}`")
+    done = [row for row in rows if row["status"] == "done"]
+    scores = {kind: _scores(done, f"miou_{kind}") for kind in MIOU_KINDS}
+    variants = [_variant_record(study, name, [row for row in rows if row["variant"] == name], scores, measurements)
+                for name in study.variants]
+    base_rec = next(rec for rec in variants if rec["variant"] == study.baseline)
+    for rec in variants:
+        for key in ("params_m", "gmacs", "paper_params_m", "paper_gmacs"):
+            rec[f"{key}_delta"] = _minus(rec[key], base_rec[key])
+        for key in ("params_m", "gmacs"):
+            rec[f"{key}_vs_paper"] = _minus(rec[key], rec[f"paper_{key}"])
+    variants = [{column: rec[column] for column in VARIANT_COLUMNS} for rec in variants]
 
     spec = study.profile(profile)
     comparable = spec.data != "synthetic" and not spec.overrides
-    label = profile_label(study, profile, frame, comparable)
+    label = profile_label(study, profile, rows, comparable)
     return Results(
         study=study.name, title=study.title, profile=profile, profile_label=label, comparable=comparable,
         baseline=study.baseline, compare_miou=study.compare_miou, input_shape=tuple(study.input_shape),
         variants=variants, runs=[dict(r) for r in rows], measurements=measurements,
-        conventions=conventions(study), notes=_notes(variants, frame, measurements, study),
+        conventions=conventions(study), notes=_notes(variants, rows, measurements, study),
         problems=list(problems or []),
     )
 
 
-def _variant_record(study: Study, name: str, runs: pd.DataFrame, scores: dict[str, pd.DataFrame],
+def _scores(done: list[dict], key: str) -> dict[str, dict[int, float]]:
+    """``{variant: {seed: row[key]}}`` of the finished runs with a number there, seeds ascending."""
+    scores: dict[str, dict[int, float]] = {}
+    for row in sorted(done, key=lambda r: r["seed"]):
+        if not _missing(row.get(key)):
+            scores.setdefault(row["variant"], {}).setdefault(row["seed"], float(row[key]))
+    return scores
+
+
+def _variant_record(study: Study, name: str, runs: list[dict], scores: dict[str, dict[str, dict[int, float]]],
                     measurements: dict) -> dict[str, Any]:
     """One variant's row before the Params/FLOPs deltas: status counts, mIoU statistics, the paper."""
     variant, base = study.variant(name), study.baseline
-    counts = Counter(runs["status"])
+    counts = Counter(row["status"] for row in runs)
     rec: dict[str, Any] = {
         "variant": name, "label": variant.label, "is_baseline": name == base, "status": _status(counts),
         "runs": len(runs), **{f"n_{s}": counts.get(s, 0) for s in _STATUS_ORDER},
-        "seeds_done": sorted(int(s) for s in runs.loc[runs["status"] == "done", "seed"]),
+        "seeds_done": sorted(int(row["seed"]) for row in runs if row["status"] == "done"),
     }
     for kind in MIOU_KINDS:
         rec.update(_miou_stats(scores[kind], name, base, prefix=f"miou_{kind}"))
@@ -152,28 +164,37 @@ def _variant_record(study: Study, name: str, runs: pd.DataFrame, scores: dict[st
     rec["miou_vs_paper"] = _minus(rec[f"{compared}_mean"], rec["paper_miou"])
     rec["verdict"] = verdict(rec["miou_vs_paper"], rec[f"{compared}_std"], rec[f"{compared}_n"])
     for key, metric in (("params_m", "Params"), ("gmacs", "FLOPs")):
-        values = runs[key].dropna()  # the same model for every seed: any row's measurement will do
-        rec[key] = float(values.iloc[0]) if len(values) else _measured(measurements, name, key)
+        # the same model for every seed: any row's measurement will do
+        values = [row.get(key) for row in runs if not _missing(row.get(key))]
+        rec[key] = float(values[0]) if values else _measured(measurements, name, key)
         rec[f"paper_{key}"] = variant.paper.get(metric)
     return rec
 
 
-def _miou_stats(scores: pd.DataFrame, name: str, base: str, prefix: str) -> dict[str, Any]:
+def _miou_stats(scores: dict[str, dict[int, float]], name: str, base: str, prefix: str) -> dict[str, Any]:
     """mean, std (ddof=1), n, delta to the baseline's mean and the paired t-test for one variant."""
-    mine = scores[name].dropna() if name in scores else pd.Series(dtype=float)
-    theirs = scores[base].dropna() if base in scores else pd.Series(dtype=float)
+    mine, theirs = scores.get(name, {}), scores.get(base, {})
     n = len(mine)
-    mean = float(mine.mean()) if n else None
-    std = float(mine.std(ddof=1)) if n >= 2 else None
-    base_mean = float(theirs.mean()) if len(theirs) else None
-    stats = {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}_n": n,
-             f"{prefix}_delta": None if name == base else _minus(mean, base_mean),
-             f"{prefix}_p": None, f"{prefix}_paired_n": 0}
+    stats = {f"{prefix}_mean": _mean(list(mine.values())) if n else None,
+             f"{prefix}_std": _std(list(mine.values())) if n >= 2 else None,
+             f"{prefix}_n": n, f"{prefix}_delta": None, f"{prefix}_p": None, f"{prefix}_paired_n": 0}
     if name != base:
-        common = mine.index.intersection(theirs.index)
+        base_mean = _mean(list(theirs.values())) if theirs else None
+        stats[f"{prefix}_delta"] = _minus(stats[f"{prefix}_mean"], base_mean)
+        common = [seed for seed in mine if seed in theirs]
         stats[f"{prefix}_paired_n"] = len(common)
-        stats[f"{prefix}_p"] = paired_p(mine[common].tolist(), theirs[common].tolist())
+        stats[f"{prefix}_p"] = paired_p([mine[s] for s in common], [theirs[s] for s in common])
     return stats
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (ddof=1), two-pass: the mean first, then the squared deviations."""
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) * (v - mean) for v in values) / (len(values) - 1))
 
 
 def paired_p(values: list[float], baseline: list[float]) -> float | None:
@@ -213,13 +234,14 @@ def _signed(value: float) -> str:
     return "+0.00" if text == "-0.00" else text
 
 
-def profile_label(study: Study, profile: str, frame: pd.DataFrame, comparable: bool) -> str:
+def profile_label(study: Study, profile: str, rows: list[dict], comparable: bool) -> str:
     """``"smoke profile: synthetic data, 40 iterations — not comparable to the paper's numbers"``."""
     spec = study.profile(profile)
     parts = ["synthetic data" if spec.data == "synthetic" else "real data"]
     iters = spec.overrides.get("train_cfg.max_iters")
-    if iters is None and "max_iters" in frame and frame["max_iters"].notna().any():
-        iters = int(frame["max_iters"].dropna().max())
+    if iters is None:  # the profile does not set it: the longest schedule among the runs
+        found = [row.get("max_iters") for row in rows if not _missing(row.get("max_iters"))]
+        iters = int(max(found)) if found else None
     if iters is not None:
         parts.append(f"{iters} iterations")
     tail = "the paper's schedule" if comparable else "not comparable to the paper's numbers"
@@ -245,15 +267,15 @@ def conventions(study: Study) -> dict[str, str]:
     }
 
 
-def _notes(variants: pd.DataFrame, frame: pd.DataFrame, measurements: dict, study: Study) -> list[str]:
+def _notes(variants: list[dict], rows: list[dict], measurements: dict, study: Study) -> list[str]:
     """Lines about runs that are not done and about measurements that are missing or incomplete."""
     notes = []
-    if not frame.empty:
-        for row in frame[frame["status"] != "done"].itertuples():
-            if row.status == "failed":
-                notes.append(f"run `{row.variant}/seed{row.seed}` failed: {row.error}")
-            else:
-                notes.append(f"run `{row.variant}/seed{row.seed}` is {row.status}")
+    for row in rows:
+        run = f"run `{row['variant']}/seed{row['seed']}`"
+        if row["status"] == "failed":
+            notes.append(f"{run} failed: {row.get('error')}")
+        elif row["status"] != "done":
+            notes.append(f"{run} is {row['status']}")
     for name in study.variants:
         found = measurements.get(name) or {}
         if "error" in found:
@@ -263,8 +285,8 @@ def _notes(variants: pd.DataFrame, frame: pd.DataFrame, measurements: dict, stud
             ops = ", ".join(f"{op} x{count}" for op, count in sorted(uncounted.items()))
             notes.append(f"FLOPs of `{name}` leave out operators that carry compute: {ops} "
                          "(see `ablate measure --audit`)")
-    missing = variants.loc[variants["gmacs"].isna() & ~variants["variant"].map(
-        lambda v: "error" in (measurements.get(v) or {})), "variant"].tolist()
+    missing = [rec["variant"] for rec in variants
+               if _missing(rec["gmacs"]) and "error" not in (measurements.get(rec["variant"]) or {})]
     if missing:
         notes.append("Params/FLOPs not measured for " + ", ".join(f"`{v}`" for v in missing)
                      + " (run `ablate report` without --no-measure, on a machine with torch and mmseg)")
@@ -287,24 +309,18 @@ def _measured(measurements: dict, name: str, key: str) -> float | None:
 
 
 def _minus(a, b) -> float | None:
-    if a is None or b is None or _isnan(a) or _isnan(b):
+    if _missing(a) or _missing(b):
         return None
     return float(a) - float(b)
 
 
-def _isnan(value) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _row_columns(rows: list[dict]) -> list[str]:
-    from ablate.collect import ROW_KEYS
-
-    extra = [k for row in rows for k in row if k not in ROW_KEYS]
-    return list(ROW_KEYS) + list(dict.fromkeys(extra))
+def _missing(value) -> bool:
+    """None or NaN: no number."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value):
-    """JSON-ready: NaN/NA -> None, numpy scalars -> Python, containers recursively."""
+    """JSON-ready: NaN -> None, numpy scalars (from a measurement) -> Python, containers recursively."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -312,7 +328,5 @@ def _plain(value):
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is pd.NA or value is pd.NaT:
         return None
     return value

@@ -4,12 +4,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
 
-from ablate.collect import collect, lock_is_live, measure_variants
+from ablate.collect import collect, measure_variants
 from ablate.errors import ReportError
 from ablate.study import load_study
 
@@ -64,14 +65,14 @@ def test_rows_have_the_contract_keys_and_one_row_per_run(study, tmp_path):
 def test_status_precedence_done_running_failed_pending(study, tmp_path):
     # result.json wins over a live lock and a failed.json
     write_result(tmp_path, "baseline")
-    (run_dir(tmp_path, "baseline") / "lock").write_text(str(os.getpid()))
+    (run_dir(tmp_path, "baseline") / "lock").write_text(f"{os.getpid()} {socket.gethostname()} t0")
     (run_dir(tmp_path, "baseline") / "failed.json").write_text(json.dumps({"error": "old failure"}))
     # a live lock wins over failed.json (the run was restarted and failed.json is about to go)
-    (run_dir(tmp_path, "dwt") / "lock").write_text(f"{os.getpid()} {socket.gethostname()}")
+    (run_dir(tmp_path, "dwt") / "lock").write_text(f"{os.getpid()} {socket.gethostname()} t1")
     (run_dir(tmp_path, "dwt") / "failed.json").write_text(json.dumps({"error": "old failure"}))
     (run_dir(tmp_path, "dwt") / "progress.json").write_text(json.dumps({"iteration": 17, "max_iters": 40}))
     # a stale lock (dead pid) does not make a run running: failed.json decides
-    (run_dir(tmp_path, "attention") / "lock").write_text(str(dead_pid()))
+    (run_dir(tmp_path, "attention") / "lock").write_text(f"{dead_pid()} {socket.gethostname()} t2")
     (run_dir(tmp_path, "attention") / "failed.json").write_text(
         json.dumps({"error": "CUDA out of memory at iter 12", "log_tail": "...", "exit_code": 1}))
     # checkpoints only: pending (resumable), iterations from the newest checkpoint
@@ -93,25 +94,23 @@ def test_unreadable_failed_json_is_still_a_failure(study, tmp_path):
     assert rows["dwt"]["status"] == "failed" and "failed.json" in rows["dwt"]["error"]
 
 
-@pytest.mark.parametrize("text, live", [
-    ("{pid}", True),
-    ("{pid} {host}", True),
-    ("pid={pid} host={host}", True),
-    ('{{"pid": {pid}, "host": "{host}"}}', True),
-    ("{dead}", False),
-    ("{dead} {host}", False),
-    ("{dead} some-other-node-7", True),  # another host's pid cannot be checked from here: trusted
-    ("", False),
-    ("garbage", False),
+@pytest.mark.parametrize("text, age_s, running", [
+    ("{pid} {host} tok", 0, True),
+    ("{pid} {host} tok", 3600, True),           # a live pid on this host: no heartbeat needed
+    ("{dead} {host} tok", 0, False),
+    ("{dead} some-other-node-7 tok", 0, True),  # another host: live while its heartbeat is fresh
+    ("{dead} some-other-node-7 tok", 3600, False),
+    ("{pid}", 0, False),                        # not a lock line ("<pid> <host> <token>"): no holder
+    ("", 0, False),
+    ("garbage", 0, False),
 ])
-def test_lock_formats(tmp_path, text, live):
-    lock = tmp_path / "lock"
+def test_lock_is_read_as_the_launcher_reads_it(study, tmp_path, text, age_s, running):
+    lock = run_dir(tmp_path, "baseline") / "lock"
     lock.write_text(text.format(pid=os.getpid(), dead=dead_pid(), host=socket.gethostname()))
-    assert lock_is_live(lock) is live
-
-
-def test_missing_lock_is_not_live(tmp_path):
-    assert lock_is_live(tmp_path / "lock") is False
+    stamp = time.time() - age_s
+    os.utime(lock, (stamp, stamp))
+    row = collect(study, "smoke", work_root=tmp_path, measure=False)[0]
+    assert row["status"] == ("running" if running else "pending")
 
 
 @pytest.mark.parametrize("content, reason", [

@@ -4,7 +4,8 @@ import dataclasses
 import difflib
 import io
 import json
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_compare_last_puts_the_last_evaluation_first(tmp_path):
 
 
 def test_pipe_in_a_label_does_not_break_the_markdown_table(results):
-    results.variants.loc[results.variants["variant"] == "dwt", "label"] = "a | b"
+    results.variants[1]["label"] = "a | b"  # dwt
     header, _, dwt, *_ = table_rows(report.render_markdown(results))
     assert dwt[0] == "a \\| b"
 
@@ -167,7 +168,7 @@ def test_json_parses_back_with_every_number_unrounded(results):
 
 
 def test_latex_is_booktabs_and_escaped(results):
-    results.variants.loc[results.variants["variant"] == "dwt", "label"] = "DWT_FF & 50% #1 {x} ~$^\\"
+    results.variants[1]["label"] = "DWT_FF & 50% #1 {x} ~$^\\"  # dwt
     text = report.render_latex(results)
     for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrrrrrrrl}"):
         assert rule in text
@@ -188,7 +189,7 @@ def test_latex_escape():
     assert report.latex_escape("|x| \u2264 2") == "\\textbar{}x\\textbar{} $\\leq$ 2"
 
 
-# --------------------------------------------------------------------------- files, plot, speed
+# --------------------------------------------------------------------------- files, plot
 
 
 def test_write_reports_writes_every_format_and_a_png(results, tmp_path):
@@ -255,8 +256,23 @@ def test_cli_report_one_format(tmp_path):
     assert "| SegNeXt + FreqFusion | 40.00 |" in out  # the terminal still shows markdown
 
 
+@pytest.mark.parametrize("formats, needed", [("md,csv,latex,json", []), ("png", ["matplotlib", "numpy"])])
+def test_cli_report_imports_only_what_its_formats_need(tmp_path, formats, needed):
+    # a fresh interpreter: pandas, scipy (one seed: no t-test), torch and mmseg (--no-measure) stay
+    # out, and matplotlib (with numpy) loads for the PNG only
+    build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}, "dwt": {0: 41.0}})
+    heavy = ("matplotlib", "mmengine", "mmseg", "numpy", "pandas", "scipy", "torch")
+    script = ("import sys\n"
+              "from ablate.cli import app\n"
+              "app(sys.argv[1:], standalone_mode=False)\n"
+              f"print([name for name in {heavy!r} if name in sys.modules])\n")
+    proc = subprocess.run([sys.executable, "-c", script, "report", "table2", "-p", "smoke", "--no-measure",
+                           "-o", str(tmp_path / "r"), "-f", formats], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == repr(needed)
+
+
 def test_cli_report_measures_through_ablate_measure(tmp_path, monkeypatch):
-    import sys
     import types
 
     fake = types.ModuleType("ablate.measure")

@@ -145,7 +145,7 @@ def test_params_and_flops_deltas_ours_and_the_papers(tmp_path):
 
 def test_failed_and_unfinished_variants_stay_in_the_table(tmp_path):
     res = results_for(tmp_path)
-    assert list(res.variants["variant"]) == ["baseline", "dwt", "attention", "dwt_attention"]
+    assert [r["variant"] for r in res.variants] == ["baseline", "dwt", "attention", "dwt_attention"]
     att, both = rec(res, "attention"), rec(res, "dwt_attention")
     assert (att["status"], att["n_done"], att["n_failed"]) == ("2 done, 1 failed", 2, 1)
     assert both["status"] == "pending" and both["miou_best_mean"] is None and both["verdict"] is None
