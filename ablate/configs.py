@@ -157,6 +157,12 @@ def config_text(cfg) -> str:
     return _TEXT_CACHE[key]
 
 
+def remember_text(cfg, text: str) -> None:
+    """Take ``text`` as ``cfg``'s formatted text: for a config loaded from a ``config.py`` that
+    :func:`dump` wrote, whose text it is (the worker saves formatting it once more)."""
+    _TEXT_CACHE[content_key(cfg)] = text
+
+
 def content_key(cfg) -> str:
     """Short hash of a config's content, without formatting it (a millisecond, not 0.6 s).
 

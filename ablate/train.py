@@ -30,7 +30,7 @@ from pathlib import Path
 from mmengine.config import Config  # the worker needs mmengine (and torch) anyway
 from mmengine.hooks import Hook
 
-from ablate.configs import config_text
+from ablate import configs
 from ablate.launch import rundir
 from ablate.launch.lock import LockHeld, RunLock, new_token
 
@@ -108,7 +108,9 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     loaded = Config.fromfile(str(path))  # imports custom_imports, e.g. freqfusion
     # mmengine dumps the config it runs to work_dir/<basename>: keep ours (config.py, whose hash
     # the run folder records) and let it write what actually ran beside it.
-    cfg = FormatOnceConfig(loaded.to_dict(), cfg_text=path.read_text(), filename=str(work_dir / RUNTIME_CONFIG))
+    text = path.read_text()
+    cfg = FormatOnceConfig(loaded.to_dict(), cfg_text=text, filename=str(work_dir / RUNTIME_CONFIG))
+    configs.remember_text(cfg, text)  # changes below (resume, launcher) make it format again
     cfg.work_dir = str(work_dir)
     checkpoint = rundir.latest_checkpoint(work_dir)
     if checkpoint is not None:
@@ -146,7 +148,7 @@ class FormatOnceConfig(Config):
     every checkpoint: ten yapf runs, 6 s, in a 40-iteration smoke run.
     """
 
-    pretty_text = property(config_text)
+    pretty_text = property(configs.config_text)
 
 
 class ProgressHook(Hook):

@@ -56,6 +56,11 @@ def warm_up() -> None:
     import freqfusion  # noqa: F401
 
     register_all_modules(init_default_scope=False)
+    # An optimizer's first construction and step wrap its methods for torch._dynamo (0.5 s); the
+    # wrappers are cached on the functions, so one tiny step here serves every child.
+    weight = torch.nn.Parameter(torch.zeros(1))
+    weight.grad = torch.zeros(1)
+    torch.optim.AdamW([weight]).step()
 
 
 def start(work_dir: Path, log: Path, env: dict[str, str], worker: str) -> "PreloadedWorker":
