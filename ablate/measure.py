@@ -582,15 +582,20 @@ def device_name(device: str) -> str:
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"{torch.cuda.get_device_name(index)} (cuda:{index})"
-    name = platform.processor() or platform.machine()
+    return f"{cpu_model()} ({dev.type}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else what ``platform`` knows."""
+    import platform
+
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{name} ({dev.type}, {torch.get_num_threads()} threads)"
+    return platform.processor() or platform.machine() or "CPU"
 
 
 # --------------------------------------------------------------------------- a study's variants

@@ -164,11 +164,14 @@ def load_study(name_or_path: str) -> Study:
     def problem(key: str, message: str) -> None:
         problems.append(f"{locations.get(key, path.name)}: {message}")
 
+    def unknown_keys(raw: dict, allowed, where: str = "", owner: str = "") -> None:
+        for key in raw:
+            if key not in allowed:
+                problem(f"{where}.{key}" if where else key, f"{owner}unknown key `{key}`" + _hint(key, allowed))
+
     if not isinstance(data, dict):
         raise StudyError(f"{path.name}: a study file must be a mapping with `variants` and `profiles`")
-    for key in data:
-        if key not in _TOP_KEYS:
-            problem(key, f"unknown key `{key}`" + _hint(key, _TOP_KEYS))
+    unknown_keys(data, _TOP_KEYS)
     for key in ("base", "variants", "profiles"):
         if key not in data:
             problem("", f"missing required key `{key}`")
@@ -190,9 +193,7 @@ def load_study(name_or_path: str) -> Study:
     for name, raw in variants_raw.items():
         where = f"variants.{name}"
         raw = _as_dict(raw)
-        for key in raw:
-            if key not in _VARIANT_KEYS:
-                problem(f"{where}.{key}", f"variant `{name}`: unknown key `{key}`" + _hint(key, _VARIANT_KEYS))
+        unknown_keys(raw, _VARIANT_KEYS, where, f"variant `{name}`: ")
         overrides = raw.get("overrides") or {}
         if not isinstance(overrides, dict):
             problem(where, f"variant `{name}`: `overrides` must be a mapping of dotted config keys")
@@ -221,9 +222,7 @@ def load_study(name_or_path: str) -> Study:
     for name, raw in profiles_raw.items():
         where = f"profiles.{name}"
         raw = _as_dict(raw)
-        for key in raw:
-            if key not in _PROFILE_KEYS:
-                problem(f"{where}.{key}", f"profile `{name}`: unknown key `{key}`" + _hint(key, _PROFILE_KEYS))
+        unknown_keys(raw, _PROFILE_KEYS, where, f"profile `{name}`: ")
         data_kind = raw.get("data", "required")
         if data_kind not in _DATA_CHOICES:
             problem(f"{where}.data", f"profile `{name}`: `data` must be one of {', '.join(_DATA_CHOICES)}")

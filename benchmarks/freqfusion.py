@@ -90,6 +90,7 @@ import freqfusion.attention  # noqa: E402
 import freqfusion.fusion  # noqa: E402
 from freqfusion import FreqFusion  # noqa: E402
 from freqfusion.attention import SpatialSelfAttention  # noqa: E402
+from ablate.measure import cpu_model  # noqa: E402
 from freqfusion.carafe import carafe, has_full_mmcv  # noqa: E402
 
 BASE_CONFIG = ROOT / "experiments" / "_base_" / "segnext_t_freqfusion_ade20k.py"
@@ -398,20 +399,10 @@ def machine_line(device: torch.device) -> str:
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
-        what = _cpu_model()
+        what = cpu_model()
     return (f"device: {what}; torch {torch.__version__}; CPU threads: {torch.get_num_threads()} "
             f"(of {os.cpu_count()} cores, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); "
             f"Python {platform.python_version()}")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -210,10 +210,24 @@ def plain_cfg(tmp_path_factory):
     return Config.fromfile(str(path))
 
 
-def test_plain_segnext_matches_mmengine_analyzer_and_meta_matches_cpu(plain_cfg):
-    """mmengine's analyzer counts the same operators on SegNeXt-T (no SDPA, no CARAFE): equal totals."""
+def mmengine_analyzer(model, shape):
+    """mmengine's FlopAnalyzer on the segmentor's tensor forward, as mmseg's get_flops.py runs it."""
     from mmengine.analysis import FlopAnalyzer
 
+    class Tensors(torch.nn.Module):
+        def __init__(self, segmentor):
+            super().__init__()
+            self.segmentor = segmentor
+
+        def forward(self, x):
+            return self.segmentor(x, None, mode="tensor")
+
+    analyzer = FlopAnalyzer(Tensors(model), (torch.rand(1, *shape),))
+    return analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+
+
+def test_plain_segnext_matches_mmengine_analyzer_and_meta_matches_cpu(plain_cfg):
+    """mmengine's analyzer counts the same operators on SegNeXt-T (no SDPA, no CARAFE): equal totals."""
     from ablate.measure import build_model, measure_model
 
     model = build_model(plain_cfg)
@@ -223,16 +237,7 @@ def test_plain_segnext_matches_mmengine_analyzer_and_meta_matches_cpu(plain_cfg)
     assert on_meta["gmacs_by_kind"] == on_cpu["gmacs_by_kind"] and on_meta["ops"] == on_cpu["ops"]
     assert on_meta["uncounted"] == {}
 
-    class Tensors(torch.nn.Module):  # the forward of mmseg's tools/analysis_tools/get_flops.py
-        def __init__(self, segmentor):
-            super().__init__()
-            self.segmentor = segmentor
-
-        def forward(self, x):
-            return self.segmentor(x, None, mode="tensor")
-
-    analyzer = FlopAnalyzer(Tensors(model), (torch.rand(1, *shape),))
-    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analyzer = mmengine_analyzer(model, shape)
     assert round(on_cpu["gmacs"] * 1e9) == analyzer.total()
     assert on_cpu["params_m"] == pytest.approx(4.263414)  # SegNeXt-T with mmseg's LightHamHead
 
@@ -353,24 +358,13 @@ def test_table2_carafe_is_the_hand_count_and_meta_matches_cpu(table2, monkeypatc
 def test_table2_baseline_differs_from_mmengine_by_what_mmengine_cannot_see(table2):
     """mmengine's analyzer misses CARAFE (a Python autograd op to the JIT) and the sampler's
     similarity dot products (mul + sum); the rest is counted identically."""
-    from mmengine.analysis import FlopAnalyzer
-
     from ablate.measure import build_model, measure_model
 
     model = build_model(table2["baseline"])
     shape = (3, 64, 64)
     ours = measure_model(model, shape)
 
-    class Tensors(torch.nn.Module):
-        def __init__(self, segmentor):
-            super().__init__()
-            self.segmentor = segmentor
-
-        def forward(self, x):
-            return self.segmentor(x, None, mode="tensor")
-
-    analyzer = FlopAnalyzer(Tensors(model), (torch.rand(1, *shape),))
-    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analyzer = mmengine_analyzer(model, shape)
     unseen = ours["gmacs_by_kind"]["carafe"] + ours["ops"]["aten::mul+sum [matmul]"][1]
     assert analyzer.total() == round((ours["gmacs"] - unseen) * 1e9)
     assert "prim::PythonOp._CarafeTaps" in analyzer.unsupported_ops()
