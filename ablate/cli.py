@@ -125,8 +125,13 @@ def configs(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
 ) -> None:
-    """Write one resolved config.py per run (variant x seed) of a profile."""
+    """Write one resolved config.py per run (variant x seed) of a profile.
+
+    A run folder that `ablate run` has launched keeps its config.py (the config it trains with);
+    `--out` writes elsewhere.
+    """
     from ablate import configs as cfgs
+    from ablate.launch import rundir
 
     spec, profile = _study_and_profile(study, profile)
     console = _console()
@@ -134,6 +139,9 @@ def configs(
     resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
     for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / "config.py") if out else run.work_dir / "config.py"
+        if out is None and (run.work_dir / rundir.RUN_INFO).exists():
+            console.print(f"{run.key:<28} {target}  [yellow]kept: a launched run's config[/] (--out writes elsewhere)")
+            continue
         digest = cfgs.dump(cfg, target)
         console.print(f"{run.key:<28} {target}  [dim]{digest}[/]")
 

@@ -55,6 +55,19 @@ def test_configs_writes_one_loadable_config_per_run(tmp_path):
     assert Config.fromfile(str(tmp_path / "dwt" / "seed0" / "config.py")).model.decode_head.use_dwt is True
 
 
+def test_configs_keeps_the_config_of_a_launched_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATE_WORK_DIR", str(tmp_path))
+    launched = tmp_path / "table2" / "smoke" / "dwt" / "seed0"
+    launched.mkdir(parents=True)
+    (launched / "config.py").write_text("# what the run trains with\n")
+    (launched / "run.json").write_text("{}")
+    code, out = invoke("configs", "table2", "--profile", "smoke")
+    assert code == 0, out
+    assert (launched / "config.py").read_text() == "# what the run trains with\n"
+    assert "kept: a launched run's config" in out
+    assert "FreqFusionHamHead" in (tmp_path / "table2" / "smoke" / "baseline" / "seed0" / "config.py").read_text()
+
+
 def test_diff_shows_exactly_the_two_switches():
     code, out = invoke("diff", "table2", "baseline", "dwt_attention")
     assert code == 0
