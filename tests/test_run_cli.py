@@ -212,7 +212,7 @@ def real_env(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_table2_smoke_study_trains_all_variants_above_chance_in_minutes(real_env, tmp_path):
+def test_the_table2_smoke_study_trains_all_variants_above_chance_and_reruns_nothing(real_env, tmp_path):
     start = time.time()
     proc = _ablate("run", "table2", "--profile", "smoke", env=real_env)
     total = time.time() - start
@@ -226,8 +226,7 @@ def test_the_table2_smoke_study_trains_all_variants_above_chance_in_minutes(real
         assert result["chance_miou"] is not None and result["miou_best"] > result["chance_miou"]
         lines.append(f"{variant:<14} {result['wall_time_s']:6.1f} s  mIoU best {result['miou_best']:5.2f} "
                      f"last {result['miou_last']:5.2f}  (chance {result['chance_miou']:.2f})")
-    print(f"\nsmoke study: {total:.0f} s in total\n" + "\n".join(lines))
-    assert total < 300, f"the smoke study took {total:.0f} s"
+    print(f"\nsmoke study: {total:.0f} s in total\n" + "\n".join(lines))  # timed by benchmarks/cli.py
 
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "work_dirs").rglob("result.json")}
     start = time.time()
@@ -235,7 +234,6 @@ def test_the_table2_smoke_study_trains_all_variants_above_chance_in_minutes(real
     again = time.time() - start
     print(f"second run: {again:.1f} s")
     assert proc.returncode == 0 and "4 skipped" in proc.stdout, proc.stdout + proc.stderr
-    assert again < 10
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "work_dirs").rglob("result.json")}
     assert not list((tmp_path / "work_dirs").rglob("lock"))
 
