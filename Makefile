@@ -12,7 +12,7 @@ bootstrap:
 ## The main job: the Table 2 study end to end on the smoke profile (CPU, minutes), then its report.
 smoke: bootstrap
 	$(BIN)/ablate run table2 --profile smoke
-	$(BIN)/ablate report table2 --profile smoke
+	$(BIN)/ablate report table2 --profile smoke --format all
 
 ## The whole test suite, slow end-to-end tests included (what CI runs).
 test: bootstrap

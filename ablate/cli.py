@@ -192,8 +192,8 @@ def report(
     study: str = typer.Argument(..., help="Study name or path."),
     profile: Optional[str] = ProfileOpt,
     formats: Optional[list[str]] = typer.Option(
-        None, "--format", "-f", help="md, csv, latex, json, png or all (default); repeatable. "
-                                     "The terminal always shows the markdown table."),
+        None, "--format", "-f", help="md, csv, latex, json (default: these four), png (the mIoU-vs-GFLOPs "
+                                     "plot) or all; repeatable. The terminal always shows the markdown table."),
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="Writes OUT/STUDY/PROFILE.{md,csv,tex,json,png}."),
     measure: bool = typer.Option(True, "--measure/--no-measure",
                                  help="Measure Params and FLOPs of each variant (torch + mmseg; cached by model)."),
@@ -201,7 +201,7 @@ def report(
                                              "and charts to the runs' W&B group (default: the study's "
                                              "`wandb.enabled`)."),
 ) -> None:
-    """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON) and mIoU-vs-GFLOPs plot.
+    """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON; `-f all`: also a plot).
 
     Exits 1 when a result.json cannot be read: that run is named and left out, the rest is reported.
     """
@@ -214,7 +214,7 @@ def report(
     from ablate.results import aggregate
 
     spec, profile = _study_and_profile(study, profile)
-    wanted = parse_formats(formats or ["all"])
+    wanted = parse_formats(formats or [])
     log_to_wandb = tracking.enabled(spec, use_wandb)
     if log_to_wandb:
         tracking.require(ReportError)  # before collecting and measuring

@@ -222,7 +222,7 @@ def test_plot_marks_paper_points_hollow_and_ours_filled(results, tmp_path, monke
 def test_parse_formats():
     assert report.parse_formats(["all"]) == ["md", "csv", "latex", "json", "png"]
     assert report.parse_formats(["md", "tex,json", "md"]) == ["md", "latex", "json"]
-    assert report.parse_formats([]) == ["md", "csv", "latex", "json", "png"]
+    assert report.parse_formats([]) == ["md", "csv", "latex", "json"]  # the plot on request
     with pytest.raises(ReportError, match="did you mean `latex`"):
         report.parse_formats(["latx"])
 
@@ -242,8 +242,9 @@ def test_cli_report_prints_markdown_and_writes_files(tmp_path):
     code, out, err = invoke("report", "table2", "--profile", "smoke", "--no-measure", "--out", str(tmp_path / "r"))
     assert code == 0, err
     assert LABEL in out and "| variant | mIoU (best) |" in out and "| + DWT | 41.00 | +1.00 |" in out
-    for ext in ("md", "csv", "tex", "json", "png"):
+    for ext in ("md", "csv", "tex", "json"):
         assert (tmp_path / "r" / "table2" / f"smoke.{ext}").is_file(), ext
+    assert not (tmp_path / "r" / "table2" / "smoke.png").exists()  # the plot on request: --format png/all
     assert "Params/FLOPs not measured" in out
 
 
