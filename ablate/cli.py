@@ -371,9 +371,11 @@ def run(
 def _print_plan(console, planned, backend, root) -> None:
     from rich.table import Table
 
+    from ablate.configs import config_text, text_hash
+
     table = Table("run", "action", "detail", "config", box=None, title="dry run: nothing is launched")
     for p in planned:
-        table.add_row(p.run.key, p.action, p.note, p.digest)
+        table.add_row(p.run.key, p.action, p.note, p.digest or text_hash(config_text(p.cfg)))
     console.print(table)
     console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run; data {root}")
 

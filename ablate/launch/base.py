@@ -73,6 +73,10 @@ class Launcher(abc.ABC):
     def cancel(self, handle: RunHandle) -> None:
         """Stop the run (a queued one never starts); its folder stays resumable."""
 
+    def warm_up(self) -> None:
+        """Get ready to launch: called once, when there are runs to launch, before their folders
+        are prepared (configs written), so that slow preparations can overlap with that."""
+
     def run_info(self) -> dict:
         """Keys this backend adds to each launched run's ``run.json``."""
         return {}

@@ -68,6 +68,10 @@ class LocalLauncher(Launcher):
             raise LaunchError(f"--gpus-per-run {options.gpus_per_run}: the local launcher runs one process per "
                               "run; use --launcher torchrun (or slurm) for several GPUs per run")
 
+    def warm_up(self) -> None:
+        if self.preloaded and preload.enabled():
+            preload.start_server()  # it imports in the background while ablate run writes the configs
+
     def command(self, run: Run) -> list[str]:
         """The command line of one run's worker."""
         return worker_command(run.work_dir)

@@ -48,7 +48,7 @@ class PlannedRun:
 
     run: Run
     action: str  # start | resume | restart | done | queued | locked | conflict
-    digest: str  # hash of the config resolved now
+    digest: str | None  # hash of the config resolved now; None where nothing ran yet (hashed when written)
     cfg: Any = field(repr=False, default=None)
     note: str = ""  # resume point, lock holder, job state, changed keys
     changed: list[str] = field(default_factory=list)
@@ -117,7 +117,9 @@ def _decide(run: Run, cfg, restart: bool) -> PlannedRun:
     result = rundir.read(work_dir, rundir.RESULT)
     checkpoint = rundir.latest_checkpoint(work_dir) if work_dir.is_dir() else None
     recorded = (result or {}).get("config_hash") or (info or {}).get("config_hash")
-    if recorded is not None and (info or {}).get("config_key") == configs.content_key(cfg):
+    if recorded is None:
+        digest = None  # nothing to compare with; config.py's text is formatted when it is written
+    elif (info or {}).get("config_key") == configs.content_key(cfg):
         digest = recorded  # the content it was prepared with: no need to format its text again
     else:
         digest = configs.text_hash(configs.config_text(cfg))
@@ -237,7 +239,10 @@ def run_study(
                 outcomes[p.run] = RunOutcome(p.run, "skipped", note=p.note)
             else:
                 attached.append(handle)
-    locks = _prepare([p for p in planned if p.action in LAUNCHED], launcher, outcomes, console)
+    launched = [p for p in planned if p.action in LAUNCHED]
+    if launched:
+        launcher.warm_up()  # e.g. the local launcher's preloaded server imports while configs are written
+    locks = _prepare(launched, launcher, outcomes, console)
     try:
         handles = launcher.submit([p.run for p in planned if p.run in locks]) if locks else []
         for handle in handles:
@@ -271,9 +276,9 @@ def _prepare(planned: Sequence[PlannedRun], launcher: Launcher, outcomes: dict, 
             rundir.discard(p.run.work_dir)
         (p.run.work_dir / rundir.FAILED).unlink(missing_ok=True)
         digest = configs.dump(p.cfg, p.run.work_dir / rundir.CONFIG)
-        info = {"config_hash": digest, "config_key": configs.content_key(p.cfg), "started_at": rundir.now(), "launcher": launcher.name, "job_id": None,
-                "host": socket.gethostname(), "world_size": launcher.processes_per_run, "lock_token": lock.token,
-                **launcher.run_info()}
+        info = {"config_hash": digest, "config_key": configs.content_key(p.cfg), "started_at": rundir.now(),
+                "launcher": launcher.name, "job_id": None, "host": socket.gethostname(),
+                "world_size": launcher.processes_per_run, "lock_token": lock.token, **launcher.run_info()}
         rundir.write(p.run.work_dir, rundir.RUN_INFO, info)
         locks[p.run] = lock
     return locks

@@ -3,8 +3,9 @@
 A worker started as ``python -m ablate.train`` spends about 3 s importing torch, mmengine, mmseg
 and freqfusion before it trains, and its first optimizer and visualizer 2 s more (they import
 ``torch._dynamo`` and matplotlib): a sixth of a 35-second smoke run. ``ablate run`` therefore
-starts multiprocessing's *forkserver* once, with :func:`warm_up` as its preload, and forks each
-local worker from it; a fork takes milliseconds. The child becomes what a fresh
+starts multiprocessing's *forkserver* once, with :func:`warm_up` as its preload, as soon as it
+knows that it has runs to launch (the server imports while the run folders are prepared), and
+forks each local worker from it; a fork takes milliseconds. The child becomes what a fresh
 ``python -m ablate.train WORK_DIR`` would be: the environment the launcher gives it, its output
 appended to ``worker.log``, stdin from ``/dev/null``, ``ablate.train.main``'s exit status, and
 its ``atexit`` handlers run before it exits (W&B's, for one).
@@ -63,6 +64,17 @@ def warm_up() -> None:
     torch.optim.AdamW([weight]).step()
 
 
+def start_server() -> None:
+    """Start the preloaded server if it is not running; it warms up in the background."""
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["ablate.launch.warm"])  # its import runs warm_up()
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+
+
 def start(work_dir: Path, log: Path, env: dict[str, str], worker: str) -> "PreloadedWorker":
     """Fork the worker of the run in ``work_dir`` from the preloaded server (started on first use).
 
@@ -73,10 +85,7 @@ def start(work_dir: Path, log: Path, env: dict[str, str], worker: str) -> "Prelo
         worker: the worker module (:data:`ablate.launch.base.WORKER`); the child calls its
             ``main([WORK_DIR])`` and exits with what that returns.
     """
-    global _context
-    if _context is None:
-        _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["ablate.launch.warm"])  # its import runs warm_up()
+    start_server()
     process = _context.Process(target=_worker_main, args=(worker, str(work_dir), str(log), env),
                                name=f"ablate.train {work_dir}")
     process.start()
