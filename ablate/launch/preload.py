@@ -7,8 +7,11 @@ starts multiprocessing's *forkserver* once, with :func:`warm_up` as its preload,
 knows that it has runs to launch (the server imports while the run folders are prepared), and
 forks each local worker from it; a fork takes milliseconds. The child becomes what a fresh
 ``python -m ablate.train WORK_DIR`` would be: the environment the launcher gives it, its output
-appended to ``worker.log``, stdin from ``/dev/null``, ``ablate.train.main``'s exit status, and
-its ``atexit`` handlers run before it exits (W&B's, for one).
+appended to ``worker.log``, stdin from ``/dev/null``, no multiprocessing start method chosen yet,
+``ablate.train.main``'s exit status, and its ``atexit`` handlers run before it exits (W&B's, for
+one). As with any multiprocessing start method but fork, the child first imports the parent's
+main module under another name: a script that calls :func:`ablate.launch.orchestrate.run_study`
+must guard that call with ``if __name__ == "__main__":`` (the ``ablate`` command does).
 
 The server must not have started anything a fork cannot carry: CUDA (a forked child cannot
 use a context its parent made, and mmengine asks CUDA about its devices on import) or OpenMP
@@ -125,6 +128,7 @@ def _worker_main(worker: str, work_dir: str, log: str, env: dict[str, str]) -> N
         os.dup2(out.fileno(), 2)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
+    multiprocessing.set_start_method(None, force=True)  # unset, as in a fresh interpreter (mmengine sets it)
     threads = env.get("OMP_NUM_THREADS")
     import torch
 

@@ -3,13 +3,14 @@
 Reads ``WORK_DIR/fake.json`` (``{"sleep": s, "outcome": "done" | "fail" | "kill" | "exit", "code": n}``),
 appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, parent pid, rank, world
 size, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, $FAKE_MARK, whether torch was imported before it
-started, start and end time), writes a line to stdout and one to stderr, and leaves what the real worker
-leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
+started, multiprocessing's start method, start and end time), writes a line to stdout and one to
+stderr, and leaves what the real worker leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
 failure (rank 0 only). Run as
 ``python -m fake_worker WORK_DIR`` (torchrun; local without preloading), through ``main([WORK_DIR])``
 (local, forked from the preloaded server) or through ``train(WORK_DIR)`` (submitit).
 """
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ def train(work_dir) -> int:
     spec = json.loads((work_dir / "fake.json").read_text()) if (work_dir / "fake.json").exists() else {}
     rank = int(os.environ.get("RANK", "0"))
     call = {"pid": os.getpid(), "ppid": os.getppid(), "torch": "torch" in sys.modules,
+            "start_method": multiprocessing.get_start_method(allow_none=True),
             "mark": os.environ.get("FAKE_MARK"), "rank": rank, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "omp": os.environ.get("OMP_NUM_THREADS"),
             "start": time.time()}

@@ -58,6 +58,7 @@ def test_workers_fork_from_the_preloaded_server_unless_it_is_turned_off(tmp_path
     assert (call["ppid"] != os.getpid()) == preloaded  # the forkserver is its parent
     assert call["torch"] == preloaded  # imported by the server, before the fork
     assert call["mark"] == str(tmp_path) and call["omp"] == "2"  # the launch's environment
+    assert call["start_method"] is None  # as in a fresh interpreter: mmengine picks one without a warning
     log = (run.work_dir / "worker.log").read_text()
     assert "fake worker 0: stdout" in log and "fake worker 0: stderr" in log
     assert ("forked from the preloaded server" in log) == preloaded
