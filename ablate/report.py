@@ -236,7 +236,7 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
     fig.subplots_adjust(left=0.09, right=0.97, bottom=0.11, top=0.88)
     ax = fig.add_subplot()
     prefix = f"miou_{results.compare_miou}"
-    paper, ours = [], []  # (x, y, color) and (x, y, std, color)
+    paper, ours, labels = [], [], []  # (x, y, color), (x, y, std, color), (text, (x, y), color)
     for i, rec in enumerate(results.records()):
         color = f"C{i % 10}"
         label_at = None
@@ -247,7 +247,14 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
             label_at = (rec["gmacs"], rec[f"{prefix}_mean"])
             ours.append((*label_at, rec[f"{prefix}_std"] or 0.0, color))
         if label_at is not None:  # ours when measured, else the paper's point
-            ax.annotate(rec["label"], label_at, textcoords="offset points", xytext=(7, 5), fontsize=8, color=color)
+            labels.append((rec["label"], label_at, color))
+    if labels:  # right of the point, or left of it in the right part of the plot (not cut off)
+        xs = [at[0] for _, at, _ in labels]
+        split = min(xs) + 0.6 * (max(xs) - min(xs))
+        for text, at, color in labels:
+            left = max(xs) > min(xs) and at[0] > split
+            ax.annotate(text, at, textcoords="offset points", xytext=(-7 if left else 7, 5), fontsize=8,
+                        color=color, ha="right" if left else "left")
     # one call per kind of mark: each matplotlib artist costs milliseconds, reports must stay fast
     if paper:
         x, y, colors = zip(*paper)
@@ -265,7 +272,7 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
     ax.set_ylabel(f"mIoU (%), {results.compare_miou} evaluation")
     ax.set_title(f"{results.title}\n{results.profile_label}", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.15, y=0.1)  # room for the labels right of the points
+    ax.margins(x=0.15, y=0.1)  # room for the labels beside the points
     if not paper and not ours:
         ax.text(0.5, 0.5, "no numbers to plot yet", transform=ax.transAxes, ha="center", va="center")
     fig.savefig(path, format="png", dpi=100)

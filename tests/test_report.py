@@ -217,6 +217,12 @@ def test_plot_marks_paper_points_hollow_and_ours_filled(results, tmp_path, monke
     assert ours.get_facecolors().shape[0] == 3  # filled
     labels = {t.get_text() for t in ax.texts}
     assert labels == {"SegNeXt + FreqFusion", "+ DWT", "+ Attention", "+ DWT + Attention"}
+    figure = saved[0]
+    renderer = figure.canvas.get_renderer()
+    inside = figure.bbox
+    for text in ax.texts:  # no label runs off the figure, also beside the rightmost points
+        box = text.get_window_extent(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, text.get_text()
 
 
 def test_parse_formats():
