@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import AblateError, ReportError
 from ablate.io import read_json
+from ablate.launch import rundir
 from ablate.launch.lock import RunLock
 from ablate.study import Run, Study
 
@@ -93,16 +93,17 @@ def read_run(run: Run, problems: list[str]) -> dict | None:
                    max_iters=_int(result.get("max_iters")), wall_time_s=_number(result.get("wall_time_s")))
         return row
 
-    progress = _read_quietly(work_dir / "progress.json")  # rewritten often; a torn read is not an error
+    progress = rundir.read(work_dir, rundir.PROGRESS)  # rewritten often; a torn read is not an error
     row["iterations"] = _int(progress.get("iteration")) if progress else None
     row["max_iters"] = _int(progress.get("max_iters")) if progress else None
     if row["iterations"] is None:
-        row["iterations"] = last_checkpoint_iter(work_dir)
+        checkpoint = rundir.latest_checkpoint(work_dir)  # complete ones only, as a resume would use
+        row["iterations"] = checkpoint[1] if checkpoint else None
     holder = RunLock(work_dir, token="").holder()  # read only: nothing is taken
     if holder is not None and holder.alive():
         row["status"] = "running"
     elif (work_dir / "failed.json").is_file():
-        failed = _read_quietly(work_dir / "failed.json")
+        failed = rundir.read(work_dir, rundir.FAILED)
         row["status"] = "failed"
         row["error"] = str(failed.get("error") or "no error message") if failed else "unreadable failed.json"
     else:
@@ -118,12 +119,6 @@ def _checked_result(result) -> dict:
         if _number(result.get(key)) is None:
             raise ValueError(f"`{key}` is {result.get(key)!r}, not a number")
     return result
-
-
-def last_checkpoint_iter(work_dir: Path) -> int | None:
-    """The iteration of the newest ``iter_N.pth`` in ``work_dir`` (mmengine's naming), or None."""
-    iters = [int(m.group(1)) for p in work_dir.glob("iter_*.pth") if (m := re.fullmatch(r"iter_(\d+)\.pth", p.name))]
-    return max(iters, default=None)
 
 
 def measure_variants(
@@ -174,14 +169,6 @@ def add_measurements(rows: list[dict], measurements: Mapping[str, dict]) -> None
         found = measurements.get(row["variant"]) or {}
         row["params_m"] = _number(found.get("params_m"))
         row["gmacs"] = _number(found.get("gmacs"))
-
-
-def _read_quietly(path: Path) -> dict | None:
-    try:
-        data = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _number(value) -> float | None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import types
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,12 @@ def test_status_precedence_done_running_failed_pending(study, tmp_path):
     (run_dir(tmp_path, "attention") / "lock").write_text(f"{dead_pid()} {socket.gethostname()} t2")
     (run_dir(tmp_path, "attention") / "failed.json").write_text(
         json.dumps({"error": "CUDA out of memory at iter 12", "log_tail": "...", "exit_code": 1}))
-    # checkpoints only: pending (resumable), iterations from the newest checkpoint
-    for name in ("iter_10.pth", "iter_30.pth", "iter_20.pth"):
-        (run_dir(tmp_path, "dwt_attention") / name).write_bytes(b"")
+    # checkpoints only: pending (resumable), iterations from the newest complete checkpoint (a zip,
+    # as torch.save writes it; iter_30 was cut short by a kill)
+    for name in ("iter_10.pth", "iter_20.pth"):
+        with zipfile.ZipFile(run_dir(tmp_path, "dwt_attention") / name, "w") as archive:
+            archive.writestr("data.pkl", b"x")
+    (run_dir(tmp_path, "dwt_attention") / "iter_30.pth").write_bytes(b"PK\x03\x04 truncated")
     rows = by_variant(collect(study, "smoke", work_root=tmp_path, measure=False))
     assert rows["baseline"]["status"] == "done" and rows["baseline"]["error"] is None
     assert rows["dwt"]["status"] == "running"
@@ -85,7 +89,7 @@ def test_status_precedence_done_running_failed_pending(study, tmp_path):
     assert rows["attention"]["status"] == "failed"
     assert rows["attention"]["error"] == "CUDA out of memory at iter 12"
     assert rows["dwt_attention"]["status"] == "pending"
-    assert rows["dwt_attention"]["iterations"] == 30
+    assert rows["dwt_attention"]["iterations"] == 20
 
 
 def test_unreadable_failed_json_is_still_a_failure(study, tmp_path):
