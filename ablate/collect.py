@@ -28,7 +28,7 @@ from typing import Any
 from ablate.errors import AblateError, ReportError
 from ablate.io import read_json
 from ablate.launch import rundir
-from ablate.launch.lock import RunLock
+from ablate.launch.lock import live_holder
 from ablate.study import Run, Study
 
 STATUSES = ("done", "running", "failed", "pending")
@@ -99,10 +99,9 @@ def read_run(run: Run, problems: list[str]) -> dict | None:
     if row["iterations"] is None:
         checkpoint = rundir.latest_checkpoint(work_dir)  # complete ones only, as a resume would use
         row["iterations"] = checkpoint[1] if checkpoint else None
-    holder = RunLock(work_dir, token="").holder()  # read only: nothing is taken
-    if holder is not None and holder.alive():
+    if live_holder(work_dir) is not None:
         row["status"] = "running"
-    elif (work_dir / "failed.json").is_file():
+    elif (work_dir / rundir.FAILED).is_file():
         failed = rundir.read(work_dir, rundir.FAILED)
         row["status"] = "failed"
         row["error"] = str(failed.get("error") or "no error message") if failed else "unreadable failed.json"

@@ -68,6 +68,12 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def live_holder(work_dir: str | os.PathLike) -> Holder | None:
+    """The live process that holds a run folder's lock, or None; reads only, takes nothing."""
+    holder = RunLock(work_dir, token="").holder()
+    return holder if holder is not None and holder.alive() else None
+
+
 def new_token() -> str:
     """A token naming one launch of one run (written to the lock and to ``run.json``)."""
     return uuid.uuid4().hex[:16]

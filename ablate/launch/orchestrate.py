@@ -32,7 +32,7 @@ from ablate import configs
 from ablate.errors import LaunchError
 from ablate.launch import rundir
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
-from ablate.launch.lock import LockHeld, RunLock, new_token
+from ablate.launch.lock import LockHeld, RunLock, live_holder, new_token
 from ablate.study import Run, Study
 
 POLL_S = 0.5
@@ -143,8 +143,8 @@ def _decide(run: Run, cfg, restart: bool) -> PlannedRun:
         if state is not None:
             plan.action, plan.note = "queued", f"job {info['job_id']} is {state.lower()}"
             return plan
-    holder = RunLock(work_dir, "").holder()
-    if holder is not None and holder.alive():
+    holder = live_holder(work_dir)
+    if holder is not None:
         plan.action, plan.note = "locked", f"running: lock held by {holder}"
         return plan
     if checkpoint is not None:
