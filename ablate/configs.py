@@ -169,7 +169,7 @@ def content_key(cfg) -> str:
     ``run.json`` records it beside the hash of ``config.py``'s text, so that ``ablate run`` knows a
     finished run's config is unchanged without formatting the text again.
     """
-    return hashlib.sha256(repr(cfg.to_dict()).encode()).hexdigest()[:16]
+    return text_hash(repr(cfg.to_dict()))
 
 
 _TEXT_CACHE: dict[str, str] = {}
