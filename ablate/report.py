@@ -252,7 +252,7 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
         xs = [at[0] for _, at, _ in labels]
         split = min(xs) + 0.6 * (max(xs) - min(xs))
         for text, at, color in labels:
-            left = max(xs) > min(xs) and at[0] > split
+            left = at[0] > split  # never when all points share one x (then split is that x)
             ax.annotate(text, at, textcoords="offset points", xytext=(-7 if left else 7, 5), fontsize=8,
                         color=color, ha="right" if left else "left")
     # one call per kind of mark: each matplotlib artist costs milliseconds, reports must stay fast
