@@ -68,8 +68,12 @@ class LocalLauncher(Launcher):
             raise LaunchError(f"--gpus-per-run {options.gpus_per_run}: the local launcher runs one process per "
                               "run; use --launcher torchrun (or slurm) for several GPUs per run")
 
+    def forks_workers(self) -> bool:
+        """Whether workers are forked from the preloaded server (``ABLATE_PRELOAD`` may say no)."""
+        return self.preloaded and preload.enabled()
+
     def warm_up(self) -> None:
-        if self.preloaded and preload.enabled():
+        if self.forks_workers():
             preload.start_server()  # it imports in the background while ablate run writes the configs
 
     def command(self, run: Run) -> list[str]:
@@ -119,7 +123,7 @@ class LocalLauncher(Launcher):
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(slot)
         where = f"GPUs {','.join(slot)}" if slot else "default device"
-        forked = self.preloaded and preload.enabled()
+        forked = self.forks_workers()
         how = "forked from the preloaded server" if forked else "a new process"
         log_path = work_dir / rundir.WORKER_LOG
         with open(log_path, "a") as log:
