@@ -7,9 +7,10 @@ Usage: ``python benchmarks/cli.py [--repeats N] [--skip-study] [--keep]``.
    under 0.3 s. When it misses, the largest imports of ``python -X importtime -m ablate.cli
    --help`` are printed.
 2. ``ablate report table2 --profile smoke --no-measure``, its default formats (the four tables)
-   and ``--format all`` (with the PNG plot, which imports matplotlib), written to a temp folder: against the finished smoke runs in ``$ABLATE_WORK_DIR`` (default
-   ``work_dirs``) if there are any, else against fake finished runs (a ``result.json`` per run,
-   as CONTRACTS.md describes) in a temp work dir. Target under 1 s.
+   and ``--format all`` (with the PNG plot, which imports matplotlib), written to a temp folder:
+   against the finished smoke runs in ``$ABLATE_WORK_DIR`` (default ``work_dirs``) if there are
+   any, else against fake finished runs (a ``result.json`` per run, as CONTRACTS.md describes) in
+   a temp work dir. Target under 1 s for the default formats.
 3. Unless ``--skip-study`` (four smoke runs: minutes, more on a busy machine): ``ablate run
    table2 --profile smoke`` in a fresh temp work dir, with the synthetic data made beforehand
    (``ablate data synth``, timed apart). The overhead is the share of the command's wall time
