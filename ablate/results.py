@@ -18,6 +18,7 @@ should not spend its time importing. scipy is imported only for a paired t-test.
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -175,26 +176,16 @@ def _miou_stats(scores: dict[str, dict[int, float]], name: str, base: str, prefi
     """mean, std (ddof=1), n, delta to the baseline's mean and the paired t-test for one variant."""
     mine, theirs = scores.get(name, {}), scores.get(base, {})
     n = len(mine)
-    stats = {f"{prefix}_mean": _mean(list(mine.values())) if n else None,
-             f"{prefix}_std": _std(list(mine.values())) if n >= 2 else None,
+    stats = {f"{prefix}_mean": statistics.fmean(mine.values()) if n else None,
+             f"{prefix}_std": statistics.stdev(mine.values()) if n >= 2 else None,
              f"{prefix}_n": n, f"{prefix}_delta": None, f"{prefix}_p": None, f"{prefix}_paired_n": 0}
     if name != base:
-        base_mean = _mean(list(theirs.values())) if theirs else None
+        base_mean = statistics.fmean(theirs.values()) if theirs else None
         stats[f"{prefix}_delta"] = _minus(stats[f"{prefix}_mean"], base_mean)
         common = [seed for seed in mine if seed in theirs]
         stats[f"{prefix}_paired_n"] = len(common)
         stats[f"{prefix}_p"] = paired_p([mine[s] for s in common], [theirs[s] for s in common])
     return stats
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (ddof=1), two-pass: the mean first, then the squared deviations."""
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) * (v - mean) for v in values) / (len(values) - 1))
 
 
 def paired_p(values: list[float], baseline: list[float]) -> float | None:
