@@ -125,21 +125,26 @@ def configs(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
 ) -> None:
-    """Write one resolved config.py per run (variant x seed) of a profile.
+    """Write one resolved config.py per run (variant x seed) of a profile: what `ablate run` trains.
 
-    A run folder that `ablate run` has launched keeps its config.py (the config it trains with);
-    `--out` writes elsewhere.
+    The data root is the one `ablate run` would use (--data-root, or the synthetic set of a smoke
+    profile); a real-data profile without --data-root keeps the base config's. A run folder that
+    `ablate run` has launched keeps its config.py (the config it trains with); `--out` writes elsewhere.
     """
     from ablate import configs as cfgs
-    from ablate.launch import rundir
+    from ablate.launch.orchestrate import data_root_for
+    from ablate.runs import RunInfo, folder
 
     spec, profile = _study_and_profile(study, profile)
     console = _console()
     runs = spec.runs(profile)
+    if data_root is not None or spec.profile(profile).data == "synthetic":
+        data_root = data_root_for(spec, profile, data_root, create=False)
     resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
     for run, cfg in zip(runs, resolved):
-        target = (out / run.variant / f"seed{run.seed}" / "config.py") if out else run.work_dir / "config.py"
-        if out is None and (run.work_dir / rundir.RUN_INFO).exists():
+        target = (out / run.variant / f"seed{run.seed}" / folder.CONFIG) if out else run.work_dir / folder.CONFIG
+        launched = (run.work_dir / RunInfo.FILE).exists() or folder.holds_training(run.work_dir)
+        if out is None and launched:
             console.print(f"{run.key:<28} {target}  [yellow]kept: a launched run's config[/] (--out writes elsewhere)")
             continue
         digest = cfgs.dump(cfg, target)
@@ -208,8 +213,9 @@ def report(
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
     from ablate import tracking
-    from ablate.collect import add_measurements, collect, measure_variants
+    from ablate.collect import collect, measure_variants
     from ablate.errors import ReportError
+    from ablate.launch import job_state
     from ablate.report import parse_formats, render_markdown, write_reports
     from ablate.results import aggregate
 
@@ -218,17 +224,19 @@ def report(
     log_to_wandb = tracking.enabled(spec, use_wandb)
     if log_to_wandb:
         tracking.require(ReportError)  # before collecting and measuring
-    problems: list[str] = []
-    rows = collect(spec, profile, measure=False, problems=problems)
-    if not problems and not any(r["status"] in ("done", "running", "failed") for r in rows):
-        where = Path(rows[0]["work_dir"]).parents[1] if rows else "work_dirs"
-        resumable = sum(r["iterations"] is not None for r in rows)
-        state = f"{resumable} of {len(rows)} can resume from a checkpoint" if resumable else "none has started"
+    collection = collect(spec, profile, measure=False, job_state=job_state)
+    problems = collection.problems
+    if not problems and all(s.status.value in ("pending", "queued") for s in collection.states):
+        where = collection.states[0].run.root.profile_dir(spec.name, profile)
+        resumable = sum(s.checkpoint is not None for s in collection.states)
+        state = (f"{resumable} of {len(collection.states)} can resume from a checkpoint" if resumable
+                 else "none has started")
         raise ReportError(f"no finished, running or failed runs of `{spec.name}` (profile `{profile}`) in "
                           f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
     measurements = measure_variants(spec, profile) if measure else {}
-    add_measurements(rows, measurements)
-    results = aggregate(spec, profile, rows, measurements, problems)
+    rows = collection.runs.assign(params_m=collection.runs.variant.map(lambda v: measurements.get(v, {}).get(
+        "params_m")), gmacs=collection.runs.variant.map(lambda v: measurements.get(v, {}).get("gmacs")))
+    results = aggregate(spec, profile, rows.to_dict("records"), measurements, problems)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")
@@ -371,11 +379,9 @@ def run(
 def _print_plan(console, planned, backend, root) -> None:
     from rich.table import Table
 
-    from ablate.configs import config_text, text_hash
-
-    table = Table("run", "action", "detail", "config", box=None, title="dry run: nothing is launched")
+    table = Table("run", "action", "detail", "run key", box=None, title="dry run: nothing is launched")
     for p in planned:
-        table.add_row(p.run.key, p.action, p.note, p.digest or text_hash(config_text(p.cfg)))
+        table.add_row(p.run.key, p.action, p.note, p.key)
     console.print(table)
     console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run; data {root}")
 
@@ -386,22 +392,30 @@ def status(
     study: str = typer.Argument(..., help="Study name or path."),
     profile: Optional[str] = ProfileOpt,
 ) -> None:
-    """One row per run: pending / running / done / failed, iteration, last and best mIoU, wall time, why."""
+    """One row per run: pending / queued / running / done / failed / stale, iteration, mIoU, wall time, why."""
     from rich.markup import escape
     from rich.table import Table
 
-    from ablate.launch.orchestrate import status_rows
-    from ablate.launch.rundir import elapsed
+    from ablate.collect import describe, run_row, states
+    from ablate.display import duration
+    from ablate.launch import job_state
 
     spec, profile = _study_and_profile(study, profile)
-    styles = {"done": "green", "running": "cyan", "failed": "red", "pending": "dim"}
+    styles = {"done": "green", "running": "cyan", "queued": "cyan", "failed": "red", "pending": "dim",
+              "stale": "yellow"}
     table = Table("run", "status", "iteration", "last mIoU", "best mIoU", "wall time", "note", box=None)
-    for row in status_rows(spec, profile):
-        iteration = f"{row['iterations'] or 0}/{row['max_iters'] or '?'}" if row["iterations"] is not None else "-"
-        table.add_row(f"{row['variant']}/seed{row['seed']}", f"[{styles[row['status']]}]{row['status']}[/]",
-                      iteration, _pct(row["miou_last"]), _pct(row["miou_best"]), elapsed(row["wall_time_s"]),
-                      escape(row["error"] or row["note"]))
-    _console().print(table)
+    found = states(spec, profile, job_state=job_state)
+    for state in found:
+        row = run_row(state, {})
+        iteration = f"{row['iterations']}/{row['max_iters'] or '?'}" if row["iterations"] is not None else "-"
+        table.add_row(state.run.key, f"[{styles[row['status']]}]{row['status']}[/]", iteration,
+                      _pct(row["miou_last"]), _pct(row["miou_best"]), duration(row["wall_time_s"]),
+                      escape(describe(state)))
+    console = _console()
+    console.print(table)
+    problems = [line for state in found for line in state.problems]
+    for line in problems:
+        _console(stderr=True).print(f"[bold red]unreadable:[/] {escape(line)}")
 
 
 def _pct(value) -> str:

@@ -1,42 +1,75 @@
-"""Collect: run folders -> one row per run, with its status and numbers.
+"""Collect: a profile's run folders -> one row per run, with its status and numbers.
 
-Reads, for every run of ``study.runs(profile)``, the files a run leaves in its work_dir
-(``result.json``, ``lock``, ``failed.json``, ``progress.json``, checkpoints; see CONTRACTS.md) and,
-unless told not to, each variant's Params and FLOPs from :mod:`ablate.measure` (cached by model
-hash). Writes nothing but the measurement cache.
+Reads every run of ``study.runs(profile)`` through :func:`ablate.runs.read_state` (the status
+rules live there) and, unless told not to, each variant's Params and FLOPs from
+:mod:`ablate.measure` (cached by model hash in the work root). Writes nothing but that cache.
 
-A run's status is the first that applies:
+Runs whose config differs from the one the study resolves now are ``stale``: the config of each
+run is resolved with the data root its ``run.json`` records, and its run key compared with the
+one the run trained with. Files that cannot be read are named in :attr:`Collection.problems`;
+their runs keep a row, with what the other files say.
 
-- ``done``: it has a ``result.json`` (written last, atomically: the run finished and evaluated);
-- ``running``: its ``lock`` is held by a live process (read and judged by :mod:`ablate.launch.lock`,
-  as ``ablate run`` does: a pid on this host must run, one on another host must keep the lock's
-  heartbeat fresh);
-- ``failed``: it has a ``failed.json``;
-- ``pending``: nothing, or checkpoints only (the next ``ablate run`` resumes it).
-
-A ``result.json`` that cannot be read is not guessed at: its run is left out of the rows and a
-one-line problem naming the file is reported instead (see :func:`collect`).
+The rows (:data:`RUN_COLUMNS`), one per run in study order: ``study``, ``profile``, ``variant``,
+``seed``, ``status`` (a :class:`~ablate.runs.RunStatus` value), ``work_dir``; ``miou_best``,
+``miou_last``, ``aacc`` (percent; of the evaluations so far for unfinished runs); ``iterations``,
+``max_iters``; ``wall_time_s``, ``train_time_s``; ``params_m``, ``gmacs`` (the variant's model);
+``error`` (why a failed run failed).
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ablate.errors import AblateError, ReportError
-from ablate.io import read_json
-from ablate.launch import rundir
-from ablate.launch.lock import live_holder
-from ablate.study import Run, Study
+from ablate.display import duration
+from ablate.errors import AblateError
+from ablate.runs import RunInfo, RunState, RunStatus, WorkRoot, read_state
+from ablate.runs.state import JobStateFn
+from ablate.study import Study
 
-STATUSES = ("done", "running", "failed", "pending")
-ROW_KEYS = (
+RUN_COLUMNS = (
     "study", "profile", "variant", "seed", "status", "work_dir", "miou_best", "miou_last", "aacc",
-    "iterations", "max_iters", "wall_time_s", "params_m", "gmacs", "error",
+    "iterations", "max_iters", "wall_time_s", "train_time_s", "params_m", "gmacs", "error",
 )
 MeasureFn = Callable[[Any, tuple, Path], dict]  # measure_cached(cfg, input_shape, cache_dir)
+
+
+@dataclass
+class Collection:
+    """What :func:`collect` found: the runs frame, their states, measurements and unreadable files."""
+
+    runs: Any  # pandas.DataFrame with RUN_COLUMNS, one row per run
+    states: list[RunState]
+    measurements: dict[str, dict] = field(default_factory=dict)  # variant -> measure_cached(...) or {"error"}
+    problems: list[str] = field(default_factory=list)  # one line per unreadable file
+
+
+def states(study: Study, profile: str, work_root: str | os.PathLike | None = None,
+           job_state: JobStateFn | None = None, judge_stale: bool = True) -> list[RunState]:
+    """The state of every run of ``profile``, in ``study.runs`` order.
+
+    Args:
+        study: the loaded study.
+        profile: a profile name of the study.
+        work_root: root of the run folders; default ``$ABLATE_WORK_DIR`` or ``work_dirs``.
+        job_state: asks schedulers about detached jobs (``ablate.launch.job_state``); None asks none.
+        judge_stale: resolve each run's config to tell ``stale`` runs (needs mmengine).
+    """
+    expected = _expected_key(study) if judge_stale else None
+    return [read_state(run, expected, job_state) for run in study.runs(profile, work_root=work_root)]
+
+
+def _expected_key(study: Study):
+    from ablate import configs  # lazy: mmengine
+
+    def key(run, info: RunInfo | None) -> str | None:
+        if info is None or info.data_root is None:
+            return None  # the data root it trained on is unknown, so is the config it should have
+        return configs.run_key(configs.resolve(study, run, data_root=info.data_root))
+
+    return key
 
 
 def collect(
@@ -44,80 +77,68 @@ def collect(
     profile: str,
     work_root: str | os.PathLike | None = None,
     measure: bool | Mapping[str, dict] = True,
-    problems: list[str] | None = None,
-) -> list[dict]:
-    """One row per run of ``profile``, in ``study.runs`` order, with the keys of :data:`ROW_KEYS`.
+    job_state: JobStateFn | None = None,
+) -> Collection:
+    """One row per run of ``profile`` (see the module doc), with the variants' measurements.
 
     Args:
         study: the loaded study.
         profile: a profile name of the study.
         work_root: root of the run folders; default ``$ABLATE_WORK_DIR`` or ``work_dirs``.
         measure: True measures each variant (needs torch and mmseg; cached), False leaves
-            ``params_m``/``gmacs`` None, and a mapping ``{variant: measurement}`` uses those numbers
+            ``params_m``/``gmacs`` empty, and a mapping ``{variant: measurement}`` uses those numbers
             (what :func:`measure_variants` returns; tests inject them this way).
-        problems: a list that receives one line per unreadable ``result.json``; those runs are left
-            out of the rows. Without it, unreadable files raise one :class:`ReportError` naming all.
+        job_state: see :func:`states`.
     """
-    rows, found = [], []
-    for run in study.runs(profile, work_root=work_root):
-        row = read_run(run, found)
-        if row is not None:
-            rows.append(row)
-    if found and problems is None:
-        raise ReportError("\n".join(found))
-    if problems is not None:
-        problems.extend(found)
+    import pandas as pd
+
+    found = states(study, profile, work_root, job_state)
     if measure is True:
         measure = measure_variants(study, profile, work_root)
-    if measure:
-        add_measurements(rows, measure)
-    return rows
+    measurements = dict(measure or {})
+    rows = [run_row(state, measurements.get(state.run.variant) or {}) for state in found]
+    frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+    problems = [line for state in found for line in state.problems]
+    return Collection(frame, found, measurements, problems)
 
 
-def read_run(run: Run, problems: list[str]) -> dict | None:
-    """The row of one run, or None (and a line in ``problems``) when its result.json is corrupt."""
-    work_dir = run.work_dir
-    row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
-    row.update(study=run.study, profile=run.profile, variant=run.variant, seed=run.seed,
-               work_dir=str(work_dir))
-    result_path = work_dir / "result.json"
-    if result_path.is_file():
-        try:
-            result = _checked_result(read_json(result_path))
-        except (ValueError, OSError) as exc:
-            problems.append(f"{result_path}: unreadable result.json ({_one_line(exc)}); "
-                            f"run {run.key} left out")
-            return None
-        row.update(status="done", miou_best=result["miou_best"], miou_last=result["miou_last"],
-                   aacc=_number(result.get("aacc_last")), iterations=_int(result.get("iterations")),
-                   max_iters=_int(result.get("max_iters")), wall_time_s=_number(result.get("wall_time_s")))
-        return row
-
-    progress = rundir.read(work_dir, rundir.PROGRESS)  # rewritten often; a torn read is not an error
-    row["iterations"] = _int(progress.get("iteration")) if progress else None
-    row["max_iters"] = _int(progress.get("max_iters")) if progress else None
-    if row["iterations"] is None:
-        checkpoint = rundir.latest_checkpoint(work_dir)  # complete ones only, as a resume would use
-        row["iterations"] = checkpoint[1] if checkpoint else None
-    if live_holder(work_dir) is not None:
-        row["status"] = "running"
-    elif (work_dir / rundir.FAILED).is_file():
-        failed = rundir.read(work_dir, rundir.FAILED)
-        row["status"] = "failed"
-        row["error"] = str(failed.get("error") or "no error message") if failed else "unreadable failed.json"
-    else:
-        row["status"] = "pending"
-    return row
+def run_row(state: RunState, measurement: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of one run: the result's numbers, or those of the evaluations so far."""
+    run, result, progress = state.run, state.result, state.progress
+    evaluations = state.evaluations
+    last = evaluations[-1] if evaluations else None
+    timing = result if result is not None else progress
+    return {
+        "study": run.study, "profile": run.profile, "variant": run.variant, "seed": run.seed,
+        "status": state.status.value, "work_dir": str(run.work_dir),
+        "miou_best": max(e.mIoU for e in evaluations) if evaluations else (result.miou_best if result else None),
+        "miou_last": last.mIoU if last else (result.miou_last if result else None),
+        "aacc": result.aacc_last if result is not None else (last.aAcc if last else None),
+        "iterations": state.iteration, "max_iters": state.max_iters,
+        "wall_time_s": timing.wall_time_s if timing is not None else None,
+        "train_time_s": timing.train_time_s if timing is not None else None,
+        "params_m": measurement.get("params_m"), "gmacs": measurement.get("gmacs"),
+        "error": state.error,
+    }
 
 
-def _checked_result(result) -> dict:
-    """``result`` when it is a result.json object with both mIoU numbers, else ValueError."""
-    if not isinstance(result, dict):
-        raise ValueError("not a JSON object")
-    for key in ("miou_best", "miou_last"):
-        if _number(result.get(key)) is None:
-            raise ValueError(f"`{key}` is {result.get(key)!r}, not a number")
-    return result
+def describe(state: RunState) -> str:
+    """A few words on where a run stands beyond its status: why it failed, when it ends, where it resumes."""
+    progress = state.progress
+    if state.status is RunStatus.FAILED:
+        return state.error or ""
+    if state.status is RunStatus.STALE:
+        return "config changed since it ran: `ablate run --restart` trains it again"
+    if state.job is not None and state.job.active:
+        reason = f" ({state.job.reason})" if state.job.reason else ""
+        return f"job {state.job.job_id} {state.job.state.lower()}{reason}"
+    if state.status is RunStatus.QUEUED:
+        return "waiting for a free slot"
+    if state.status is RunStatus.RUNNING and progress is not None:
+        return "evaluating" if progress.phase == "eval" else f"ETA {duration(progress.eta_s)}"
+    if state.status is RunStatus.PENDING and state.checkpoint is not None:
+        return f"resumes from iteration {state.checkpoint[1]}"
+    return ""
 
 
 def measure_variants(
@@ -136,9 +157,9 @@ def measure_variants(
     Args:
         study: the loaded study.
         profile: profile whose configs are resolved (its overrides may change the model).
-        work_root: root of the run folders; the cache lives in ``<work_root>/.measure``.
+        work_root: root of the run folders; the cache lives in its ``.measure``.
         measure_fn: ``measure_cached(cfg, input_shape, cache_dir)``; default :mod:`ablate.measure`'s.
-        cache_dir: where measurements are cached by model hash; default ``<work_root>/.measure``.
+        cache_dir: where measurements are cached by model hash; default the work root's cache.
     """
     if measure_fn is None:
         try:
@@ -148,10 +169,9 @@ def measure_variants(
         measure_fn = measure_cached
     from ablate import configs  # lazy: mmengine
 
-    runs = study.runs(profile, work_root=work_root)
-    cache = Path(cache_dir) if cache_dir is not None else runs[0].work_dir.parents[3] / ".measure"
+    cache = Path(cache_dir) if cache_dir is not None else WorkRoot.of(work_root).measure_cache
     measurements = {}
-    for run in runs:
+    for run in study.runs(profile, work_root=work_root):
         if run.variant in measurements:
             continue
         try:
@@ -160,25 +180,6 @@ def measure_variants(
         except (ImportError, AblateError) as exc:
             measurements[run.variant] = {"error": _one_line(exc)}
     return measurements
-
-
-def add_measurements(rows: list[dict], measurements: Mapping[str, dict]) -> None:
-    """Fill ``params_m`` and ``gmacs`` of each row from its variant's measurement (in place)."""
-    for row in rows:
-        found = measurements.get(row["variant"]) or {}
-        row["params_m"] = _number(found.get("params_m"))
-        row["gmacs"] = _number(found.get("gmacs"))
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _int(value) -> int | None:
-    number = _number(value)
-    return int(number) if number is not None else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ablate.errors import ConfigError, did_you_mean
-from ablate.study import Run, Study
+from ablate.runs import Run
+from ablate.study import Study
 
 _MISSING = object()
+# Keys that change logs or paths but not what a run computes: they are left out of its
+# run_key, so changing them (turning W&B on, moving the work root) neither restarts nor refuses
+# a resume, nor makes a finished run stale.
+NEUTRAL_KEYS = ("work_dir", "ablate", "visualizer", "vis_backends", "log_level", "log_processor",
+                "default_hooks.logger", "default_hooks.visualization")
+# Keys the worker sets in runtime_config.py (mmengine's dump of what ran) and config.py lacks.
+RUNTIME_KEYS = ("resume", "load_from", "launcher", "model_wrapper_cfg", "env_cfg.dist_cfg")
 
 
 def load_base(study: Study):
@@ -69,6 +78,7 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
         profile=run.profile,
         variant=run.variant,
         seed=run.seed,
+        work_root=str(run.root.path),
         overrides=dict(variant.overrides),
     )
     return cfg
@@ -132,7 +142,7 @@ def _plain(value):
 
 
 def dump(cfg, path: str | os.PathLike) -> str:
-    """Write ``cfg`` as a ``config.py`` at ``path`` (atomically); returns the config's hash."""
+    """Write ``cfg`` as a ``config.py`` at ``path`` (atomically); returns the hash of its text."""
     from ablate.io import atomic_write
 
     text = config_text(cfg)
@@ -145,13 +155,13 @@ def config_text(cfg) -> str:
     """``cfg.pretty_text``, formatted once per content in this process.
 
     mmengine formats the whole config with yapf on every ``pretty_text`` (about 0.6 s for the
-    study's): ``ablate run`` needs each run's text twice (hash, then ``config.py``), and mmengine's
-    Runner ten times in a smoke run (dump, log, visualizer, every checkpoint's meta; see
-    :class:`ablate.train.FormatOnceConfig`).
+    study's), and its Runner asks ten times in a smoke run (dump, log, visualizer, every
+    checkpoint's meta): 6 s of a run's overhead. The worker's config
+    (:class:`ablate.train.FormatOnceConfig`) and ``ablate run`` read it from here instead.
     """
     from mmengine.config import Config
 
-    key = content_key(cfg)
+    key = _content_key(cfg)
     if key not in _TEXT_CACHE:
         _TEXT_CACHE[key] = Config.pretty_text.fget(cfg)
     return _TEXT_CACHE[key]
@@ -160,15 +170,10 @@ def config_text(cfg) -> str:
 def remember_text(cfg, text: str) -> None:
     """Take ``text`` as ``cfg``'s formatted text: for a config loaded from a ``config.py`` that
     :func:`dump` wrote, whose text it is (the worker saves formatting it once more)."""
-    _TEXT_CACHE[content_key(cfg)] = text
+    _TEXT_CACHE[_content_key(cfg)] = text
 
 
-def content_key(cfg) -> str:
-    """Short hash of a config's content, without formatting it (a millisecond, not 0.6 s).
-
-    ``run.json`` records it beside the hash of ``config.py``'s text, so that ``ablate run`` knows a
-    finished run's config is unchanged without formatting the text again.
-    """
+def _content_key(cfg) -> str:
     return text_hash(repr(cfg.to_dict()))
 
 
@@ -178,6 +183,19 @@ _TEXT_CACHE: dict[str, str] = {}
 def text_hash(text: str) -> str:
     """Short content hash of a resolved config's text, recorded in each run's folder."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_key(cfg, ignore: tuple[str, ...] = ()) -> str:
+    """Short hash of what a run computes: every key of ``cfg`` but :data:`NEUTRAL_KEYS` and ``ignore``.
+
+    Two configs with the same run key train the same model on the same data the same way, so a
+    run folder made with one may be resumed, skipped or reported under the other. Tuples and
+    lists hash alike (a config read back from ``config.py`` may turn one into the other).
+    """
+    skipped = NEUTRAL_KEYS + tuple(ignore)
+    flat = {key: _normal(value) for key, value in flatten(cfg.to_dict()).items()
+            if not any(key == p or key.startswith(p + ".") for p in skipped)}
+    return text_hash(json.dumps(flat, sort_keys=True, default=repr))
 
 
 def flatten(value, prefix: str = "") -> dict[str, Any]:
@@ -213,7 +231,9 @@ def diff(cfg_a, cfg_b, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any
 
 
 def _normal(value):
-    return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return value
 
 
 def _shown(value):

@@ -1,7 +1,7 @@
 """Compute plans: what a profile of a study will run and roughly what it will cost.
 
-Reads the study, each run's resolved config (for ``train_cfg.max_iters``) and, where runs have
-finished, their ``result.json`` (for measured seconds per iteration). Writes nothing.
+Reads the study, each run's resolved config (for ``train_cfg.max_iters``) and each run's state
+(:func:`ablate.runs.read_state`: finished runs measured their seconds per iteration). Writes nothing.
 
 Seconds per iteration come from, in order: the ``--sec-per-iter`` flag, the mean over finished
 runs of this profile (``train_time_s / iterations``), the profile's ``sec_per_iter`` in the study
@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ablate import configs
-from ablate.io import read_json
-from ablate.study import Run, Study
+from ablate.runs import Run, RunStatus, read_state
+from ablate.study import Study
 
 
 @dataclass(frozen=True)
-class PlannedRun:
+class RunEstimate:
+    """One run of a plan: its schedule and whether it is done already."""
+
     run: Run
     max_iters: int
     done: bool
@@ -27,7 +29,7 @@ class PlannedRun:
 class Plan:
     study: Study
     profile: str
-    runs: list[PlannedRun]
+    runs: list[RunEstimate]
     sec_per_iter: float | None
     sec_per_iter_source: str  # "flag", "measured (n runs)", "study file" or "unknown"
     gpus_per_run: int
@@ -58,16 +60,11 @@ def plan_study(study: Study, profile: str, sec_per_iter: float | None = None) ->
     planned, measured = [], []
     for run in study.runs(profile):
         cfg = configs.resolve(study, run)
-        result = run.work_dir / "result.json"
-        done = result.is_file()
-        if done:
-            try:
-                data = read_json(result)
-                if data.get("train_time_s") and data.get("iterations"):
-                    measured.append(data["train_time_s"] / data["iterations"])
-            except (OSError, ValueError):
-                done = False
-        planned.append(PlannedRun(run, int(cfg.train_cfg.max_iters), done))
+        state = read_state(run)
+        done = state.status is RunStatus.DONE
+        if done and state.result.train_time_s and state.result.iterations:
+            measured.append(state.result.train_time_s / state.result.iterations)
+        planned.append(RunEstimate(run, int(cfg.train_cfg.max_iters), done))
     if sec_per_iter is not None:
         source = "flag"
     elif measured:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ablate.errors import StudyError, one_of
+from ablate.runs import Run, WorkRoot, bad_name
 
 METRICS = ("mIoU", "Params", "FLOPs")
 MIOU_CHOICES = ("best", "last")
@@ -53,21 +54,6 @@ class Profile:
     data: str  # "synthetic": made on demand by ablate; "required": --data-root must be given
     seeds: tuple[int, ...] | None  # None: the study's seeds
     sec_per_iter: float | None  # for `ablate plan` when no finished run has measured it
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: a variant of a study under a profile with one seed."""
-
-    study: str
-    profile: str
-    variant: str
-    seed: int
-    work_dir: Path
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant}/seed{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -122,12 +108,8 @@ class Study:
         prof = self.profile(profile)
         names = list(self.variants) if variants is None else [self.variant(v).name for v in variants]
         seeds = list(seeds) if seeds is not None else list(prof.seeds or self.seeds)
-        root = Path(work_root or os.environ.get("ABLATE_WORK_DIR", "work_dirs"))
-        return [
-            Run(self.name, profile, v, s, root / self.name / profile / v / f"seed{s}")
-            for v in names
-            for s in seeds
-        ]
+        root = WorkRoot.of(work_root)
+        return [root.run(self.name, profile, v, s) for v in names for s in seeds]
 
 
 def studies_dir() -> Path:
@@ -192,6 +174,8 @@ def load_study(name_or_path: str) -> Study:
     variants = {}
     for name, raw in variants_raw.items():
         where = f"variants.{name}"
+        if (why := bad_name(name)) is not None:
+            problem(where, f"variant {why}")
         raw = _as_dict(raw)
         unknown_keys(raw, _VARIANT_KEYS, where, f"variant `{name}`: ")
         overrides = raw.get("overrides") or {}
@@ -221,6 +205,8 @@ def load_study(name_or_path: str) -> Study:
         profiles_raw = {}
     for name, raw in profiles_raw.items():
         where = f"profiles.{name}"
+        if (why := bad_name(name)) is not None:
+            problem(where, f"profile {why}")
         raw = _as_dict(raw)
         unknown_keys(raw, _PROFILE_KEYS, where, f"profile `{name}`: ")
         data_kind = raw.get("data", "required")
@@ -255,11 +241,14 @@ def load_study(name_or_path: str) -> Study:
     for key in ("resources", "slurm", "wandb"):
         if key in data and not isinstance(data[key], dict):
             problem(key, f"`{key}` must be a mapping")
+    name = data.get("name", path.stem)
+    if (why := bad_name(name)) is not None:
+        problem("name" if "name" in data else "", f"study name {why}")
 
     if problems:
         raise StudyError("\n".join(problems))
     return Study(
-        name=str(data.get("name", path.stem)),
+        name=str(name),
         path=path,
         title=str(data.get("title", path.stem)),
         base=base,

@@ -151,9 +151,14 @@ def summary(run_dir: Path, evaluations: list[dict], measurement: dict | None) ->
             ``progress.json`` has none.
         measurement: :func:`ablate.measure.measure_cached`'s result, or None.
     """
-    from ablate.launch import rundir
+    from ablate.runs import Progress, RecordError
 
-    evaluations = (rundir.read(run_dir, rundir.PROGRESS) or {}).get("evaluations") or evaluations
+    try:
+        progress = Progress.read(run_dir)
+    except RecordError:
+        progress = None
+    if progress is not None and progress.evaluations:
+        evaluations = [{"iteration": e.iteration, "mIoU": e.mIoU, "aAcc": e.aAcc} for e in progress.evaluations]
     out: dict[str, Any] = {}
     if evaluations:
         best = max(evaluations, key=lambda e: e["mIoU"])
@@ -228,8 +233,10 @@ def _backend_class():
         def _measure(self) -> dict | None:
             from ablate.measure import measure_cached  # lazy: torch and mmseg, loaded by the worker anyway
 
-            # `ablate report` measures into <work_root>/.measure; the same cache gives the same numbers.
-            cache = Path(os.path.abspath(self._cfg.work_dir)).parents[3] / ".measure"
+            from ablate.runs import WorkRoot
+
+            # `ablate report` measures into the work root's cache; the same cache gives the same numbers.
+            cache = WorkRoot.of(self._cfg.ablate.work_root).measure_cache
             try:
                 return measure_cached(self._cfg, self._input_shape, cache)
             except Exception as exc:  # noqa: BLE001 - a model the counter cannot handle: summary without it
@@ -281,7 +288,9 @@ def log_report(study: Study, results, work_root: str | os.PathLike | None = None
               if r["gmacs"] is not None and r[f"{miou}_mean"] is not None]
     deltas = [[r["label"], r[f"{miou}_delta"] if not r["is_baseline"] else 0.0] for r in records
               if r["is_baseline"] or r[f"{miou}_delta"] is not None]
-    folder = study.runs(results.profile, work_root=work_root)[0].work_dir.parents[1]
+    from ablate.runs import WorkRoot
+
+    folder = WorkRoot.of(work_root).profile_dir(study.name, results.profile)  # W&B writes its wandb/ here
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(study=results.study, profile=results.profile, profile_label=results.profile_label,
                   baseline=results.baseline, compare_miou=results.compare_miou,

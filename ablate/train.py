@@ -6,22 +6,25 @@ from the newest complete ``iter_N.pth`` when the folder has one, trains, and mak
 iteration was evaluated. Besides mmengine's own output (checkpoints, ``last_checkpoint``, a
 timestamped log folder, and ``runtime_config.py``: the config as it actually ran) it writes:
 
-- ``progress.json`` about once a second and after every evaluation, through
-  :class:`ProgressHook`: iteration, loss, ETA, the evaluations so far, and the time of all
+- ``attempts.jsonl``: one line at every start (appended, never rewritten);
+- ``progress.json`` about once a second and around every evaluation, through
+  :class:`ProgressHook`: iteration, loss, ETA, phase, the evaluations so far, and the time of all
   attempts, so that a killed attempt loses nothing that its checkpoint kept;
 - ``result.json``, atomically and last, when training and the final evaluation finished;
 - ``failed.json`` when an exception ends the attempt: a one-line error and the log's tail.
 
 The worker takes the run's lock over from the ``ablate run`` that launched it (the token in
-``run.json`` says it may) and keeps it fresh while it trains. Under torchrun, or a Slurm job with
+``run.json`` says it may; see :mod:`ablate.runs.lock`) and keeps it fresh while it trains. Under torchrun, or a Slurm job with
 several tasks, every process trains and only rank 0 writes these files; on CPUs the processes
 talk through gloo. Exit status: 0 done, 1 failed, 3 another live process holds the run's lock.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -31,11 +34,11 @@ from mmengine.config import Config  # the worker needs mmengine (and torch) anyw
 from mmengine.hooks import Hook
 
 from ablate import configs
-from ablate.launch import rundir
-from ablate.launch.lock import LockHeld, RunLock, new_token
+from ablate.runs import Attempt, Evaluation, Progress, RecordError, Result, RunInfo, folder
+from ablate.runs.lock import LockHeld, RunLock, new_token
+from ablate.runs.records import ATTEMPTS_FILE, append_attempt, read_attempts
 
 EXIT_FAILED = 1
-RUNTIME_CONFIG = "runtime_config.py"
 PROGRESS_EVERY_S = 1.0
 
 
@@ -56,17 +59,21 @@ def train(work_dir: str | os.PathLike) -> int:
         work_dir: the run folder; it must hold ``config.py``.
     """
     started = time.time()
-    work_dir = rundir.abspath(work_dir)
+    work_dir = folder.abspath(work_dir)
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     lock, stop_heartbeat = None, None
     if rank == 0:
-        info = rundir.read(work_dir, rundir.RUN_INFO) or {}
-        lock = RunLock(work_dir, info.get("lock_token") or new_token())
+        try:
+            info = RunInfo.read(work_dir) or RunInfo()
+        except RecordError as exc:
+            print(f"ablate.train: {exc}; taking the lock under a new token", file=sys.stderr)
+            info = RunInfo()
+        lock = RunLock(work_dir, info.lock_token or new_token())
         try:
             stale = lock.acquire()
         except LockHeld as exc:
             print(f"ablate.train: {work_dir} is {exc}; not training it", file=sys.stderr)
-            return rundir.EXIT_LOCKED
+            return folder.EXIT_LOCKED
         if stale is not None:
             print(f"ablate.train: took over the stale lock of {stale}", file=sys.stderr)
         stop_heartbeat = lock.heartbeat()
@@ -76,16 +83,16 @@ def train(work_dir: str | os.PathLike) -> int:
         runner = build_runner(work_dir, world_size, hook)
         runner.train()
         if rank == 0:
-            rundir.write(work_dir, rundir.RESULT, hook.result(runner))
+            hook.result(runner).write(work_dir)
         return 0
     except Exception as exc:  # noqa: BLE001 - any failure of a run is recorded, then reported
         trace = traceback.format_exc()
         print(trace, file=sys.stderr, flush=True)
         if rank == 0:
             log = _mmengine_log(runner)
-            lines = (rundir.tail(log, 25) if log else "").splitlines() + trace.splitlines()
-            rundir.write_failed(work_dir, _one_line(exc, hook.iteration), "\n".join(lines[-rundir.TAIL_LINES:]),
-                                EXIT_FAILED)
+            lines = folder.tail(log, 25).splitlines() + trace.splitlines()
+            folder.record_failure(work_dir, _one_line(exc, hook.iteration), "\n".join(lines[-folder.TAIL_LINES:]),
+                                  EXIT_FAILED)
         return EXIT_FAILED
     finally:
         if lock is not None:
@@ -104,15 +111,15 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
-    path = work_dir / rundir.CONFIG
+    path = work_dir / folder.CONFIG
     loaded = Config.fromfile(str(path))  # imports custom_imports, e.g. freqfusion
     # mmengine dumps the config it runs to work_dir/<basename>: keep ours (config.py, whose hash
     # the run folder records) and let it write what actually ran beside it.
     text = path.read_text()
-    cfg = FormatOnceConfig(loaded.to_dict(), cfg_text=text, filename=str(work_dir / RUNTIME_CONFIG))
+    cfg = FormatOnceConfig(loaded.to_dict(), cfg_text=text, filename=str(work_dir / folder.RUNTIME_CONFIG))
     configs.remember_text(cfg, text)  # changes below (resume, launcher) make it format again
     cfg.work_dir = str(work_dir)
-    checkpoint = rundir.latest_checkpoint(work_dir)
+    checkpoint = folder.latest_checkpoint(work_dir)
     if checkpoint is not None:
         cfg.resume, cfg.load_from = True, str(checkpoint[0])
     if world_size > 1:
@@ -167,13 +174,16 @@ class ProgressHook(Hook):
 
     def __init__(self, work_dir: Path, started: float, write: bool):
         self.work_dir, self.started, self.write = work_dir, started, write
-        previous = rundir.read(work_dir, rundir.PROGRESS) or {}
-        self.base_wall = float(previous.get("wall_time_s") or 0.0)
-        self.base_train = float(previous.get("train_time_s") or 0.0)
-        self.evaluations: list[dict] = list(previous.get("evaluations") or [])
-        self.attempts: list[dict] = list(previous.get("attempts") or [])
+        try:
+            previous = Progress.read(work_dir) or Progress(iteration=0)
+        except RecordError as exc:
+            print(f"ablate.train: {exc}; earlier attempts are taken from {ATTEMPTS_FILE}", file=sys.stderr)
+            previous = Progress(iteration=0)
+        self.base_wall, self.base_train = previous.wall_time_s, previous.train_time_s
+        self.evaluations: list[Evaluation] = list(previous.evaluations)
         self.max_iters, self.start_iter, self.loss = 0, 0, None
         self.iteration: int | None = None  # the last one finished; None until training starts
+        self.phase = "train"
         self.train_started, self.train_time, self.last_write = None, 0.0, 0.0
         self.chance_miou = None
 
@@ -184,8 +194,9 @@ class ProgressHook(Hook):
         self.max_iters = int(cfg.train_cfg.get("max_iters", 0))
         self.start_iter = start_iter
         # Evaluations after the checkpoint belong to an attempt whose later iterations are redone.
-        self.evaluations = [e for e in self.evaluations if e["iteration"] <= start_iter]
-        self.attempts.append({"started_at": rundir.now(), "start_iter": start_iter, "pid": os.getpid()})
+        self.evaluations = [e for e in self.evaluations if e.iteration <= start_iter]
+        if self.write:
+            append_attempt(self.work_dir, Attempt(folder.now(), start_iter, os.getpid(), socket.gethostname()))
         data_root = (cfg.get("val_dataloader") or {}).get("dataset", {}).get("data_root")
         meta = read_meta(data_root) if data_root else None
         self.chance_miou = meta.get("chance_miou") if meta else None
@@ -197,53 +208,58 @@ class ProgressHook(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
         if loss is not None:
-            self.loss = float(loss.item() if hasattr(loss, "item") else loss)
+            value = float(loss.item() if hasattr(loss, "item") else loss)
+            self.loss = value if math.isfinite(value) else None  # JSON has no NaN
         self.iteration = runner.iter + 1
         self._write(self.iteration, force=self.iteration >= self.max_iters)
 
+    def before_val_epoch(self, runner) -> None:
+        self.phase = "eval"
+        self._write(runner.iter, force=True)
+
     def after_val_epoch(self, runner, metrics=None) -> None:
+        self.phase = "train"
         if not metrics or "mIoU" not in metrics:
             return
         iteration = runner.iter
-        self.evaluations = [e for e in self.evaluations if e["iteration"] != iteration]
+        self.evaluations = [e for e in self.evaluations if e.iteration != iteration]
         scores = {k: round(float(metrics[k]), 2) for k in ("mIoU", "aAcc", "mAcc") if k in metrics}
-        self.evaluations.append({"iteration": iteration, **scores})
+        self.evaluations.append(Evaluation(iteration, **scores))
         self._write(iteration, force=True)
 
     def after_train(self, runner) -> None:
         # A run resumed from its final checkpoint, or killed between that checkpoint and the
         # evaluation that follows it, has no evaluation of its final weights yet.
         final = runner.iter >= self.max_iters
-        if final and runner.val_loop is not None and not any(e["iteration"] == runner.iter for e in self.evaluations):
+        if final and runner.val_loop is not None and not any(e.iteration == runner.iter for e in self.evaluations):
             runner.val_loop.run()
         self.train_time = time.time() - self.train_started
+        self.phase = "done"
         self._write(runner.iter, force=True)
 
-    def result(self, runner) -> dict:
-        """The run's result.json content; raises when no evaluation was recorded."""
-        evaluations = sorted(self.evaluations, key=lambda e: e["iteration"])
+    def result(self, runner) -> Result:
+        """The run's result.json record; raises when no evaluation was recorded."""
+        evaluations = sorted(self.evaluations, key=lambda e: e.iteration)
         if not evaluations:
             raise RuntimeError("training finished without an evaluation: the config needs a val_dataloader, "
                                "val_evaluator and train_cfg.val_interval")
-        best, last = max(evaluations, key=lambda e: e["mIoU"]), evaluations[-1]
+        best, last = max(evaluations, key=lambda e: e.mIoU), evaluations[-1]
         meta = runner.cfg.get("ablate") or {}
-        return {
-            "study": meta.get("study"), "profile": meta.get("profile"), "variant": meta.get("variant"),
-            "seed": meta.get("seed"),
-            "config_hash": _config_hash(self.work_dir),
-            "status": "done",
-            "miou_best": best["mIoU"], "miou_last": last["mIoU"],
-            "aacc_last": last.get("aAcc"), "macc_last": last.get("mAcc"),
-            "best_iter": best["iteration"],
-            "evaluations": evaluations,
-            "iterations": runner.iter, "max_iters": self.max_iters,
-            "wall_time_s": round(self.base_wall + time.time() - self.started, 2),
-            "train_time_s": round(self.base_train + self.train_time, 2),
-            "resumed_from": self.start_iter or None,
-            "attempts": self.attempts,
-            "finished_at": rundir.now(),
-            "chance_miou": self.chance_miou,
-        }
+        try:
+            info = RunInfo.read(self.work_dir) or RunInfo()
+        except RecordError:
+            info = RunInfo()
+        return Result(
+            miou_best=best.mIoU, miou_last=last.mIoU,
+            study=meta.get("study"), profile=meta.get("profile"), variant=meta.get("variant"), seed=meta.get("seed"),
+            config_hash=configs.text_hash((self.work_dir / folder.CONFIG).read_text()), run_key=info.run_key,
+            aacc_last=last.aAcc, macc_last=last.mAcc, best_iter=best.iteration, evaluations=evaluations,
+            iterations=runner.iter, max_iters=self.max_iters,
+            wall_time_s=round(self.base_wall + time.time() - self.started, 2),
+            train_time_s=round(self.base_train + self.train_time, 2),
+            resumed_from=self.start_iter or None, attempts=read_attempts(self.work_dir),
+            finished_at=folder.now(), chance_miou=self.chance_miou, world_size=runner.world_size,
+        )
 
     def _write(self, iteration: int, force: bool = False) -> None:
         now = time.time()
@@ -253,20 +269,13 @@ class ProgressHook(Hook):
         in_train = now - self.train_started if self.train_started else 0.0
         done = iteration - self.start_iter
         eta = in_train / done * (self.max_iters - iteration) if done > 0 else None
-        rundir.write(self.work_dir, rundir.PROGRESS, {
-            "iteration": iteration, "max_iters": self.max_iters, "loss": self.loss,
-            "eta_s": round(eta, 1) if eta is not None else None,
-            "updated_at": rundir.now(), "pid": os.getpid(),
-            "wall_time_s": round(self.base_wall + now - self.started, 2),
-            "train_time_s": round(self.base_train + (self.train_time or in_train), 2),
-            "evaluations": self.evaluations, "attempts": self.attempts,
-        })
-
-
-def _config_hash(work_dir: Path) -> str:
-    from ablate.configs import text_hash
-
-    return text_hash((work_dir / rundir.CONFIG).read_text())
+        Progress(
+            iteration=iteration, max_iters=self.max_iters, loss=self.loss,
+            eta_s=round(eta, 1) if eta is not None else None, phase=self.phase, updated_at=folder.now(),
+            pid=os.getpid(), wall_time_s=round(self.base_wall + now - self.started, 2),
+            train_time_s=round(self.base_train + (self.train_time or in_train), 2),
+            evaluations=self.evaluations, attempts=read_attempts(self.work_dir),
+        ).write(self.work_dir)
 
 
 if __name__ == "__main__":

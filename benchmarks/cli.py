@@ -9,19 +9,19 @@ Usage: ``python benchmarks/cli.py [--repeats N] [--skip-study] [--keep]``.
 2. ``ablate report table2 --profile smoke --no-measure``, its default formats (the four tables)
    and ``--format all`` (with the PNG plot, which imports matplotlib), written to a temp folder:
    against the finished smoke runs in ``$ABLATE_WORK_DIR`` (default ``work_dirs``) if there are
-   any, else against fake finished runs (a ``result.json`` per run, as CONTRACTS.md describes) in
-   a temp work dir. Target under 1 s for the default formats.
+   any, else against fake finished runs (a ``result.json`` per run, see ``ablate.runs.records``)
+   in a temp work dir. Target under 1 s for the default formats.
 3. Unless ``--skip-study`` (four smoke runs: minutes, more on a busy machine): ``ablate run
    table2 --profile smoke`` in a fresh temp work dir, with the synthetic data made beforehand
-   (``ablate data synth``, timed apart). The overhead is the share of the command's wall time
-   not spent inside the runs' training loops (``train_time_s`` of each ``result.json``, which
-   includes the evaluations): ``1 - sum(train_time_s) / wall``, target under 5 %. It is split
-   into the workers' start-up before ``train()`` (from the launch line the local launcher writes
-   to ``worker.log`` to the start of ``wall_time_s``: the fork from the preloaded server, and for
-   the first run the server's warm-up; with ``ABLATE_PRELOAD=0``, a new interpreter's imports),
-   their set-up and wrap-up inside it (``wall_time_s - train_time_s``: mmengine's Runner, model,
-   data, result), and the rest, which ``ablate run`` itself spends (start-up, configs, launching,
-   polling). Then a second ``ablate run`` of the finished study is timed: it trains nothing.
+   (``ablate data synth``, timed apart). The overhead per run is the command's wall time not
+   spent inside the runs' training loops (``train_time_s`` of each ``result.json``, which includes
+   the evaluations), divided by the number of runs: target under 10 s, which is below 0.1 % of a
+   paper run (hours). It is split into the workers' start-up before ``train()`` (from the launch
+   line the local launcher writes to ``worker.log`` to the start of ``wall_time_s``: a new
+   interpreter's imports), their set-up and wrap-up inside it (``wall_time_s - train_time_s``:
+   mmengine's Runner, model, data, result), and the rest, which ``ablate run`` itself spends
+   (start-up, configs, launching, polling). Then a second ``ablate run`` of the finished study is
+   timed: it trains nothing.
 
 Start-up is given as wall time and as CPU time (user + system of the child, from
 ``getrusage``): on a machine shared with other work the wall time also counts waiting for a core,
@@ -46,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY, PROFILE = "table2", "smoke"
-TARGETS = {"help": 0.3, "report": 1.0, "overhead": 0.05}
+TARGETS = {"help": 0.3, "report": 1.0, "overhead_per_run_s": 10.0}
 WORKER_IMPORTS = ("import torch, mmengine.runner, freqfusion, ablate.train\n"
                   "from mmseg.utils import register_all_modules; register_all_modules()")
 
@@ -229,25 +229,23 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {line}")
 
         if not args.skip_study:
-            preload = os.environ.get("ABLATE_PRELOAD", "1")
-            print(f"\nsmoke study: `ablate run {STUDY} --profile {PROFILE}` in {tmp} (ABLATE_PRELOAD={preload})")
+            print(f"\nsmoke study: `ablate run {STUDY} --profile {PROFILE}` in {tmp}")
             s = study_overhead(tmp / "study", env)
-            overhead = 1 - s["train"] / s["wall"]
+            per_run = (s["wall"] - s["train"]) / s["runs"]
             rest = s["wall"] - s["train"] - s["in_worker"] - (s["start_up"] if s["start_up"] == s["start_up"] else 0)
             print("| smoke study | s | share of wall |")
             print("|---|---|---|")
             rows = [(f"command wall time ({s['runs']} runs)", s["wall"]),
                     ("inside the training loops (sum of train_time_s; evaluations included)", s["train"]),
-                    ("workers: launch to train(): imports, or the fork from the preloaded server "
-                     "(whose warm-up the first run waits for)", s["start_up"]),
+                    ("workers: launch to train(): the interpreter and its imports", s["start_up"]),
                     ("workers: Runner, model and data set-up, result (wall_time_s - train_time_s)",
                      s["in_worker"]),
                     ("`ablate run` itself: CLI start-up, configs, launching and polling", rest)]
             for what, value in rows:
                 print(f"| {what} | {value:.1f} | {value / s['wall']:.1%} |")
-            print(f"\noverhead (wall - train) / wall: {overhead:.1%} (target < {TARGETS['overhead']:.0%}: "
-                  f"{verdict(overhead, TARGETS['overhead'])}); per run {(s['wall'] - s['train']) / s['runs']:.1f} s "
-                  f"outside a training loop of {s['train'] / s['runs']:.1f} s")
+            print(f"\noverhead per run (wall - train) / runs: {per_run:.1f} s (target < "
+                  f"{TARGETS['overhead_per_run_s']:g} s: {verdict(per_run, TARGETS['overhead_per_run_s'])}), "
+                  f"beside a training loop of {s['train'] / s['runs']:.1f} s")
             print(f"a second `ablate run` of the finished study (trains nothing): {s['rerun']:.1f} s")
     finally:
         if args.keep:

@@ -1,5 +1,6 @@
 """Collect: run folders built by hand -> rows with the right status and numbers; no torch needed."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -11,14 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from ablate.collect import collect, measure_variants
-from ablate.errors import ReportError
+from ablate.collect import RUN_COLUMNS, collect, measure_variants
 from ablate.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
-# The row keys of CONTRACTS.md, spelled out here so that a change to either side fails this test.
+# The row keys of collect's module doc, spelled out here so that a change to either side fails this test.
 CONTRACT_KEYS = {"study", "profile", "variant", "seed", "status", "work_dir", "miou_best", "miou_last", "aacc",
-                 "iterations", "max_iters", "wall_time_s", "params_m", "gmacs", "error"}
+                 "iterations", "max_iters", "wall_time_s", "train_time_s", "params_m", "gmacs", "error"}
+
+
+def rows_of(root, study, measure=False, problems=None):
+    """collect's runs frame as plain dicts, NaN read as None; its problems appended to ``problems``."""
+    collection = collect(study, "smoke", work_root=root, measure=measure)
+    if problems is not None:
+        problems.extend(collection.problems)
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+            for row in collection.runs.to_dict("records")]
 
 
 @pytest.fixture
@@ -51,9 +60,9 @@ def by_variant(rows):
 
 def test_rows_have_the_contract_keys_and_one_row_per_run(study, tmp_path):
     write_result(tmp_path, "baseline", best=43.5, last=42.25)
-    rows = collect(study, "smoke", work_root=tmp_path, measure=False)
+    rows = rows_of(tmp_path, study)
     assert [r["variant"] for r in rows] == ["baseline", "dwt", "attention", "dwt_attention"]
-    assert all(set(r) == CONTRACT_KEYS for r in rows)
+    assert all(set(r) == CONTRACT_KEYS for r in rows) and set(RUN_COLUMNS) == CONTRACT_KEYS
     done = rows[0]
     assert done["status"] == "done"
     assert (done["miou_best"], done["miou_last"], done["aacc"]) == (43.5, 42.25, 71.5)
@@ -82,7 +91,7 @@ def test_status_precedence_done_running_failed_pending(study, tmp_path):
         with zipfile.ZipFile(run_dir(tmp_path, "dwt_attention") / name, "w") as archive:
             archive.writestr("data.pkl", b"x")
     (run_dir(tmp_path, "dwt_attention") / "iter_30.pth").write_bytes(b"PK\x03\x04 truncated")
-    rows = by_variant(collect(study, "smoke", work_root=tmp_path, measure=False))
+    rows = by_variant(rows_of(tmp_path, study))
     assert rows["baseline"]["status"] == "done" and rows["baseline"]["error"] is None
     assert rows["dwt"]["status"] == "running"
     assert (rows["dwt"]["iterations"], rows["dwt"]["max_iters"]) == (17, 40)
@@ -94,7 +103,7 @@ def test_status_precedence_done_running_failed_pending(study, tmp_path):
 
 def test_unreadable_failed_json_is_still_a_failure(study, tmp_path):
     (run_dir(tmp_path, "dwt") / "failed.json").write_text("{not json")
-    rows = by_variant(collect(study, "smoke", work_root=tmp_path, measure=False))
+    rows = by_variant(rows_of(tmp_path, study))
     assert rows["dwt"]["status"] == "failed" and "failed.json" in rows["dwt"]["error"]
 
 
@@ -113,43 +122,45 @@ def test_lock_is_read_as_the_launcher_reads_it(study, tmp_path, text, age_s, run
     lock.write_text(text.format(pid=os.getpid(), dead=dead_pid(), host=socket.gethostname()))
     stamp = time.time() - age_s
     os.utime(lock, (stamp, stamp))
-    row = collect(study, "smoke", work_root=tmp_path, measure=False)[0]
+    row = rows_of(tmp_path, study)[0]
     assert row["status"] == ("running" if running else "pending")
 
 
 @pytest.mark.parametrize("content, reason", [
-    ("{\"miou_best\": 43.0, ", "Expecting"),      # torn write of a non-atomic copy
+    ("{\"miou_best\": 43.0, ", "not valid JSON (Expecting"),      # torn write of a non-atomic copy
     ("[1, 2]", "not a JSON object"),
-    ('{"miou_best": 43.0}', "`miou_last` is None"),
-    ('{"miou_best": "43.0", "miou_last": 42.0}', "`miou_best` is '43.0'"),
-    ('{"miou_best": NaN, "miou_last": 42.0}', "`miou_best` is nan"),
+    ('{"miou_best": 43.0}', "missing field `miou_last`"),
+    ('{"miou_best": "43.0", "miou_last": 42.0}', "`miou_best` is '43.0', not a finite number"),
+    ('{"miou_best": NaN, "miou_last": 42.0}', "`miou_best` is nan, not a finite number"),
 ])
-def test_corrupt_result_is_named_and_left_out(study, tmp_path, content, reason):
+def test_a_corrupt_result_is_named_and_its_numbers_are_not_guessed(study, tmp_path, content, reason):
     write_result(tmp_path, "baseline")
     bad = run_dir(tmp_path, "dwt") / "result.json"
     bad.write_text(content)
     problems = []
-    rows = collect(study, "smoke", work_root=tmp_path, measure=False, problems=problems)
-    assert [r["variant"] for r in rows] == ["baseline", "attention", "dwt_attention"]
-    assert len(problems) == 1 and str(bad) in problems[0] and reason in problems[0]
-    assert "dwt/seed0" in problems[0]
+    rows = by_variant(rows_of(tmp_path, study, problems=problems))
+    assert list(rows) == ["baseline", "dwt", "attention", "dwt_attention"]  # every run keeps its row
+    assert rows["baseline"]["status"] == "done" and rows["baseline"]["miou_best"] == 40.0
+    assert rows["dwt"]["status"] == "pending" and rows["dwt"]["miou_best"] is None
+    assert problems == [f"{bad}: {problems[0].split(': ', 1)[1]}"] and reason in problems[0]
 
 
-def test_corrupt_results_raise_one_error_naming_every_file_without_a_problems_list(study, tmp_path):
+def test_every_corrupt_file_is_named(study, tmp_path):
     for variant in ("dwt", "attention"):
         (run_dir(tmp_path, variant) / "result.json").write_text("")
-    with pytest.raises(ReportError) as err:
-        collect(study, "smoke", work_root=tmp_path, measure=False)
-    message = str(err.value)
-    assert str(run_dir(tmp_path, "dwt") / "result.json") in message
-    assert str(run_dir(tmp_path, "attention") / "result.json") in message
+    (run_dir(tmp_path, "baseline") / "progress.json").write_text("{garbage")
+    problems = []
+    rows_of(tmp_path, study, problems=problems)
+    assert sorted(p.split(": ")[0] for p in problems) == sorted(
+        str(run_dir(tmp_path, v) / f) for v, f in (("dwt", "result.json"), ("attention", "result.json"),
+                                                    ("baseline", "progress.json")))
 
 
 def test_injected_measurements_fill_params_and_flops(study, tmp_path):
     write_result(tmp_path, "dwt")
     measured = {"baseline": {"params_m": 4.52, "gmacs": 7.1}, "dwt": {"params_m": 4.574, "gmacs": 7.2},
                 "attention": {"error": "no torch"}}
-    rows = by_variant(collect(study, "smoke", work_root=tmp_path, measure=measured))
+    rows = by_variant(rows_of(tmp_path, study, measure=measured))
     assert (rows["baseline"]["params_m"], rows["baseline"]["gmacs"]) == (4.52, 7.1)  # pending runs get them too
     assert (rows["dwt"]["params_m"], rows["dwt"]["gmacs"]) == (4.574, 7.2)
     assert rows["attention"]["params_m"] is None and rows["dwt_attention"]["gmacs"] is None
@@ -176,8 +187,8 @@ def test_default_measurement_goes_through_ablate_measure(study, tmp_path, monkey
     fake = types.ModuleType("ablate.measure")
     fake.measure_cached = lambda cfg, shape, cache: seen.append(cache) or {"params_m": 4.52, "gmacs": 7.1}
     monkeypatch.setitem(sys.modules, "ablate.measure", fake)
-    rows = collect(study, "smoke", work_root=tmp_path)  # measure=True is the default
-    assert len(seen) == 4 and rows[0]["params_m"] == 4.52
+    rows = collect(study, "smoke", work_root=tmp_path).runs  # measure=True is the default
+    assert len(seen) == 4 and rows.params_m[0] == 4.52
 
 
 def test_measurement_that_cannot_run_here_becomes_an_error_value(study, tmp_path):

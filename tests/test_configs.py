@@ -50,7 +50,7 @@ def test_run_fields_are_applied(table2, tmp_path):
     assert cfg.train_dataloader.dataset.data_root == str(tmp_path / "data")
     assert cfg.val_dataloader.dataset.data_root == str(tmp_path / "data")
     assert cfg.ablate == {"study": "table2", "profile": "smoke", "variant": "dwt", "seed": 3,
-                          "overrides": {"model.decode_head.use_dwt": True}}
+                          "work_root": str(tmp_path), "overrides": {"model.decode_head.use_dwt": True}}
 
 
 def test_dumped_config_round_trips_through_mmengine(table2, tmp_path):
@@ -113,5 +113,23 @@ def test_config_text_is_formatted_once_per_content_and_keyed_by_it(tiny_study, m
     configs._TEXT_CACHE.clear()
     assert configs.config_text(a) == original(a) and len(calls) == 1
     assert configs.config_text(configs.resolve(study, first)) == original(a) and len(calls) == 1
-    assert configs.content_key(configs.resolve(study, first)) == configs.content_key(a)
-    assert configs.content_key(b) != configs.content_key(a) and configs.config_text(b) != configs.config_text(a)
+    assert configs.config_text(b) != configs.config_text(a) and len(calls) == 2
+
+
+def test_run_key_ignores_what_cannot_change_a_result_and_survives_config_py(table2, tmp_path):
+    from mmengine.config import Config
+
+    (run,) = table2.runs("smoke", variants=["dwt"], work_root=tmp_path)
+    cfg = configs.resolve(table2, run, data_root=tmp_path / "data")
+    key = configs.run_key(cfg)
+    neutral = configs.resolve(table2, run, data_root=tmp_path / "data")
+    neutral.merge_from_dict({"work_dir": "/elsewhere", "visualizer.vis_backends": [], "log_level": "DEBUG",
+                             "default_hooks.logger.interval": 1})
+    assert configs.run_key(neutral) == key
+    for change in ({"optim_wrapper.optimizer.lr": 0.5}, {"randomness.seed": 7},
+                   {"train_dataloader.dataset.data_root": "/other"}, {"model.decode_head.use_dwt": False}):
+        changed = configs.resolve(table2, run, data_root=tmp_path / "data")
+        changed.merge_from_dict(change)
+        assert configs.run_key(changed) != key, change
+    configs.dump(cfg, tmp_path / "config.py")
+    assert configs.run_key(Config.fromfile(str(tmp_path / "config.py"), import_custom_modules=False)) == key

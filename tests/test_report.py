@@ -60,7 +60,7 @@ def build_runs(root, study, best=BEST):
 def results(tmp_path):
     study = two_seeds()
     build_runs(tmp_path / "work_dirs", study)
-    rows = collect(study, "smoke", work_root=tmp_path / "work_dirs", measure=MEASURED)
+    rows = collect(study, "smoke", work_root=tmp_path / "work_dirs", measure=MEASURED).runs.to_dict("records")
     return aggregate(study, "smoke", rows, MEASURED)
 
 
@@ -118,7 +118,7 @@ def test_markdown_opens_with_the_profile_label_and_states_the_conventions(result
 def test_compare_last_puts_the_last_evaluation_first(tmp_path):
     study = dataclasses.replace(two_seeds(), compare_miou="last")
     build_runs(tmp_path, study)
-    res = aggregate(study, "smoke", collect(study, "smoke", work_root=tmp_path, measure=MEASURED), MEASURED)
+    res = aggregate(study, "smoke", collect(study, "smoke", work_root=tmp_path, measure=MEASURED).runs.to_dict("records"), MEASURED)
     header, base, *_ = table_rows(report.render_markdown(res))
     assert header[1] == "mIoU (last)" and header[5] == "mIoU (best)"
     assert base[1].startswith("40.00") and base[4] == "-3.52"
@@ -263,12 +263,12 @@ def test_cli_report_one_format(tmp_path):
     assert "| SegNeXt + FreqFusion | 40.00 |" in out  # the terminal still shows markdown
 
 
-@pytest.mark.parametrize("formats, needed", [("md,csv,latex,json", []), ("png", ["matplotlib", "numpy"])])
+@pytest.mark.parametrize("formats, needed", [("md,csv,latex,json", []), ("png", ["matplotlib"])])
 def test_cli_report_imports_only_what_its_formats_need(tmp_path, formats, needed):
-    # a fresh interpreter: pandas, scipy (one seed: no t-test), torch and mmseg (--no-measure) stay
-    # out, and matplotlib (with numpy) loads for the PNG only
+    # a fresh interpreter: scipy (one seed: no t-test), torch and mmseg (--no-measure) stay out, and
+    # matplotlib loads for the PNG only (pandas, which holds the results, is always there)
     build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}, "dwt": {0: 41.0}})
-    heavy = ("matplotlib", "mmengine", "mmseg", "numpy", "pandas", "scipy", "torch")
+    heavy = ("matplotlib", "mmseg", "scipy", "torch")
     script = ("import sys\n"
               "from ablate.cli import app\n"
               "app(sys.argv[1:], standalone_mode=False)\n"

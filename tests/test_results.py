@@ -49,7 +49,7 @@ def build_runs(root, best=BEST, last_offset=1.0):
 def results_for(tmp_path, study=None, best=BEST, measured=MEASURED, last_offset=1.0):
     study = study or three_seeds()
     build_runs(tmp_path, best, last_offset)
-    rows = collect(study, "smoke", work_root=tmp_path, measure=measured)
+    rows = collect(study, "smoke", work_root=tmp_path, measure=measured).runs.to_dict("records")
     return aggregate(study, "smoke", rows, measured)
 
 
@@ -186,6 +186,6 @@ def test_json_and_wandb_table_carry_the_same_unrounded_numbers(tmp_path):
 def test_rows_of_another_profile_are_refused(tmp_path):
     study = three_seeds()
     build_runs(tmp_path)
-    rows = collect(study, "smoke", work_root=tmp_path, measure=False)
+    rows = collect(study, "smoke", work_root=tmp_path, measure=False).runs.to_dict("records")
     with pytest.raises(ValueError, match="profile"):
         aggregate(study, "paper", rows)

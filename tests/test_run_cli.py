@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from ablate.launch import rundir
-from ablate.launch.lock import RunLock
+from ablate.io import read_json, write_json
+from ablate.runs import folder
+from ablate.runs.lock import RunLock
 from ablate.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +41,8 @@ def runs(tiny_study, fake_worker, monkeypatch):
 def test_a_rerun_skips_finished_runs_and_trains_nothing(runs, fake_worker):
     code, out = invoke("run", "tiny", "-p", "smoke")
     assert code == 0 and "3 done" in out, out
-    info = rundir.read(runs["a"].work_dir, rundir.RUN_INFO)
-    assert info["launcher"] == "local" and info["config_hash"] == rundir.read(runs["a"].work_dir, "run.json")[
+    info = read_json(runs["a"].work_dir / "run.json")
+    assert info["launcher"] == "local" and info["config_hash"] == read_json(runs["a"].work_dir / "run.json")[
         "config_hash"] and (runs["a"].work_dir / "config.py").is_file()
     start = time.time()
     code, out = invoke("run", "tiny", "-p", "smoke")
@@ -81,7 +82,7 @@ def test_one_failing_run_is_recorded_the_others_go_on_and_the_exit_code_says_so(
     assert code == 0
     assert re.search(r"a/seed0\s+done\s+4/4\s+11\.00\s+12\.50", out)
     assert re.search(r"b/seed0\s+failed.*ValueError at iteration 3: fake failure", out)
-    failed = rundir.read(runs["c"].work_dir, rundir.FAILED)
+    failed = read_json(runs["c"].work_dir / "failed.json")
     assert "=== " in failed["log_tail"] and failed["exit_code"] == -signal.SIGKILL
     # Fixed, the failed runs run again (and only they), their failed.json gone.
     fake_worker.set(runs["b"].work_dir, outcome="done")
@@ -110,7 +111,7 @@ def test_a_live_lock_keeps_a_second_run_off_and_a_stale_one_is_taken_over(runs, 
 
 def test_a_changed_config_is_refused_with_its_keys_and_restart_discards_the_run(runs, fake_worker, tiny_study):
     assert invoke("run", "tiny", "-p", "smoke", "--variants", "a,b")[0] == 0
-    old_hash = rundir.read(runs["a"].work_dir, rundir.RUN_INFO)["config_hash"]
+    old_hash = read_json(runs["a"].work_dir / "run.json")["config_hash"]
     text = tiny_study.read_text()
     # Logging is not part of what a run computes: changing it resumes (here: skips) as before.
     tiny_study.write_text(text.replace('"default_hooks.logger.interval": 1', '"default_hooks.logger.interval": 3'))
@@ -124,7 +125,7 @@ def test_a_changed_config_is_refused_with_its_keys_and_restart_discards_the_run(
     assert "--restart discards these runs" in out and fake_worker.calls(runs["c"].work_dir) == []
     code, out = invoke("run", "tiny", "-p", "smoke", "--restart")
     assert code == 0 and "3 done" in out, out
-    assert rundir.read(runs["a"].work_dir, rundir.RUN_INFO)["config_hash"] != old_hash
+    assert read_json(runs["a"].work_dir / "run.json")["config_hash"] != old_hash
     assert len(fake_worker.calls(runs["a"].work_dir)) == 2  # the old run's files are gone
 
 
@@ -135,21 +136,26 @@ def test_dry_run_prints_the_plan_and_launches_nothing(runs, fake_worker, tmp_pat
     assert len(re.findall(r"[abc]/seed0\s+start", out)) == 3
     written = [p.name for p in (tmp_path / "work_dirs").rglob("*") if p.is_file()]
     assert written == ["fake.json"] * 3 and not (tmp_path / "no-data-yet").exists()
-    # With history: one done, one resumable from a checkpoint.
+    # With history: one done, one resumable from a checkpoint, each with the config.py it ran; one
+    # with a checkpoint but no record of its config, which nothing may resume.
     monkeypatch.setenv("ABLATE_DATA", str(tiny_data))
-    rundir.write(runs["a"].work_dir, rundir.RESULT, {"status": "done", "miou_best": 30.0, "miou_last": 29.0})
-    with zipfile.ZipFile(runs["b"].work_dir / "iter_2.pth", "w") as z:
-        z.writestr("x", "y")
+    assert invoke("configs", "tiny", "-p", "smoke")[0] == 0
+    (runs["c"].work_dir / "config.py").unlink()
+    write_json(runs["a"].work_dir / "result.json", {"status": "done", "miou_best": 30.0, "miou_last": 29.0})
+    for variant in ("b", "c"):
+        with zipfile.ZipFile(runs[variant].work_dir / "iter_2.pth", "w") as z:
+            z.writestr("x", "y")
     code, out = invoke("run", "tiny", "-p", "smoke", "--dry-run")
     assert re.search(r"a/seed0\s+done\s+mIoU best 30.00, last 29.00", out)
     assert re.search(r"b/seed0\s+resume\s+from iteration 2", out)
+    assert re.search(r"c/seed0\s+conflict\s+config changed: \(unknown: no readable record of the config", out)
     assert fake_worker.calls(runs["b"].work_dir) == []
 
 
 def test_status_shows_pending_runs_and_where_they_resume(runs):
     with zipfile.ZipFile(runs["c"].work_dir / "iter_2.pth", "w") as z:
         z.writestr("x", "y")
-    rundir.write(runs["c"].work_dir, rundir.PROGRESS, {"iteration": 3, "max_iters": 4, "wall_time_s": 65.0,
+    write_json(runs["c"].work_dir / "progress.json", {"iteration": 3, "max_iters": 4, "wall_time_s": 65.0,
                                                        "evaluations": [{"iteration": 2, "mIoU": 7.5}]})
     code, out = invoke("status", "tiny", "-p", "smoke")
     assert code == 0
@@ -245,14 +251,14 @@ def test_kill_9_of_the_whole_tree_then_rerun_resumes_every_run_from_its_checkpoi
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", *args], cwd=REPO, env=real_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
-    while rundir.latest_checkpoint(root / "dwt" / "seed0") is None:  # baseline finished, dwt under way
+    while folder.latest_checkpoint(root / "dwt" / "seed0") is None:  # baseline finished, dwt under way
         assert proc.poll() is None and time.time() < deadline, "the study ended before dwt saved a checkpoint"
         time.sleep(0.2)
     time.sleep(2)  # into the next interval, perhaps into the next checkpoint's save
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     baseline = (root / "baseline" / "seed0" / "result.json").read_bytes()
-    iteration = rundir.latest_checkpoint(root / "dwt" / "seed0")[1]
+    iteration = folder.latest_checkpoint(root / "dwt" / "seed0")[1]
     assert not (root / "dwt" / "seed0" / "result.json").exists() and (root / "dwt" / "seed0" / "lock").exists()
 
     rerun = _ablate(*args, env=real_env)

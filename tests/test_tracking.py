@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ablate import configs, tracking
-from ablate.launch import rundir
+from ablate.io import read_json, write_json
+from ablate.runs import folder
 from ablate.launch.orchestrate import plan_runs
 from ablate.study import load_study
 
@@ -148,13 +149,14 @@ def test_turning_wandb_on_neither_restarts_nor_blocks_a_run(study, tmp_path):
     [run] = study.runs("smoke", variants=["dwt"])
     [off] = plan_runs(study, [run], tmp_path / "data")
     run.work_dir.mkdir(parents=True)
-    digest = configs.dump(off.cfg, run.work_dir / rundir.CONFIG)
-    rundir.write(run.work_dir, rundir.RUN_INFO, {"config_hash": digest})
+    digest = configs.dump(off.cfg, run.work_dir / folder.CONFIG)
+    write_json(run.work_dir / "run.json", {"config_hash": digest})
     with zipfile.ZipFile(run.work_dir / "iter_10.pth", "w") as z:  # a complete checkpoint
         z.writestr("data.pkl", b"")
     [on] = plan_runs(study, [run], tmp_path / "data", overrides=tracking.overrides_for(study))
-    assert on.digest != digest and (on.action, on.discard) == ("resume", False)
-    rundir.write(run.work_dir, rundir.RESULT, {"config_hash": digest, "miou_best": 1.0, "miou_last": 1.0})
+    assert configs.text_hash(configs.config_text(on.cfg)) != digest  # config.py's text would change
+    assert on.key == off.key and (on.action, on.discard) == ("resume", False)  # what the run computes would not
+    write_json(run.work_dir / "result.json", {"config_hash": digest, "miou_best": 1.0, "miou_last": 1.0})
     [on] = plan_runs(study, [run], tmp_path / "data", overrides=tracking.overrides_for(study))
     assert on.action == "done"
 
@@ -163,7 +165,7 @@ def test_run_id_is_kept_by_the_folder_and_new_after_it_is_emptied(tmp_path):
     first = tracking.run_id(tmp_path, "table2/smoke dwt seed0")
     assert first.startswith("table2-smoke-dwt-seed0-") and "/" not in first
     assert tracking.run_id(tmp_path, "table2/smoke dwt seed0") == first
-    rundir.discard(tmp_path)  # what --restart does
+    folder.discard(tmp_path)  # what --restart does
     assert tracking.run_id(tmp_path, "table2/smoke dwt seed0") != first
 
 
@@ -193,13 +195,13 @@ def test_backend_logs_names_config_iterations_and_summary_and_a_resume_keeps_the
     cfg.merge_from_dict(tracking.run_overrides(study, run, cfg))
     cfg.work_dir = str(run.work_dir.resolve())  # as the worker sets it
     evals = [{"iteration": 20, "mIoU": 30.0, "aAcc": 60.0}]
-    rundir.write(run.work_dir, rundir.PROGRESS, {"evaluations": evals})
+    write_json(run.work_dir / "progress.json", {"evaluations": evals})
     _attempt(cfg, run.work_dir / "t1" / "vis_data", [
         ({"loss": 2.0, "lr": 0.001, "iter": 10}, 10), ({"loss": 1.5, "lr": 0.0009, "iter": 20}, 20),
         ({"mIoU": 30.0, "aAcc": 60.0, "mAcc": 40.0}, 20)])
     # the worker was killed after iteration 20, and resumes; ProgressHook kept the evaluation
     time.sleep(1.1)  # W&B names an offline run's folder by the second it started, and its id
-    rundir.write(run.work_dir, rundir.PROGRESS, {"evaluations": evals + [{"iteration": 40, "mIoU": 28.0,
+    write_json(run.work_dir / "progress.json", {"evaluations": evals + [{"iteration": 40, "mIoU": 28.0,
                                                                           "aAcc": 61.0}]})
     _attempt(cfg, run.work_dir / "t2" / "vis_data", [
         ({"loss": 1.0, "lr": 0.0001, "iter": 40}, 40), ({"mIoU": 28.0, "aAcc": 61.0, "mAcc": 41.0}, 40)])
@@ -236,9 +238,9 @@ def test_report_job_holds_the_table_of_the_json_report(study, tmp_path):
     for run in study.runs("smoke"):
         if run.variant in best:
             run.work_dir.mkdir(parents=True)
-            rundir.write(run.work_dir, rundir.RESULT, {"miou_best": best[run.variant], "miou_last": 35.0,
+            write_json(run.work_dir / "result.json", {"miou_best": best[run.variant], "miou_last": 35.0,
                                                        "iterations": 40, "max_iters": 40})
-    results = aggregate(study, "smoke", collect(study, "smoke", measure=measured), measured)
+    results = aggregate(study, "smoke", collect(study, "smoke", measure=measured).runs.to_dict("records"), measured)
     where = tracking.log_report(study, results)
     flush_wandb()
 
@@ -328,7 +330,7 @@ def test_smoke_study_on_wandb_offline(study, tmp_path):
     measured = {row["variant"]: row for row in report["variants"]}
     for run in runs:
         [w] = logged[run.variant]
-        result = rundir.read(run.work_dir, rundir.RESULT)
+        result = read_json(run.work_dir / "result.json")
         assert (w["project"], w["group"], w["name"], w["job_type"]) == (
             "ablate-table2", "table2/smoke", f"{run.variant}-seed0", "train")
         assert w["tags"] == tracking.switch_tags(study.variant(run.variant).overrides) + ["smoke"]
@@ -351,9 +353,9 @@ def test_smoke_study_on_wandb_offline(study, tmp_path):
     ablate("run", "table2", "--profile", "smoke", "--wandb", "--variants", "baseline")
     first, resumed = offline_runs(base)
     assert resumed["id"] == first["id"] == (base / tracking.ID_FILE).read_text().strip()
-    assert rundir.read(base, rundir.RESULT)["resumed_from"] == 30
+    assert read_json(base / "result.json")["resumed_from"] == 30
     assert [(r["_step"], r["iter"]) for r in resumed["history"] if "loss" in r] == [(35, 35), (40, 40)]
-    assert resumed["summary"]["miou_last"] == rundir.read(base, rundir.RESULT)["miou_last"]
+    assert resumed["summary"]["miou_last"] == read_json(base / "result.json")["miou_last"]
 
     ablate("report", "table2", "--profile", "smoke", "--out", str(out), "-f", "json", "--wandb")
     [job] = offline_runs(base.parents[1])

@@ -8,8 +8,9 @@ import zipfile
 import pytest
 
 from ablate import configs
-from ablate.launch import rundir
-from ablate.launch.lock import RunLock
+from ablate.io import read_json, write_json
+from ablate.runs import folder
+from ablate.runs.lock import RunLock
 from ablate.study import load_study
 
 RESULT_KEYS = {"study", "profile", "variant", "seed", "config_hash", "status", "miou_best", "miou_last",
@@ -24,7 +25,7 @@ def prepared(tiny_study, tiny_data):
     (run,) = study.runs("smoke", variants=["a"])
     cfg = configs.resolve(study, run, data_root=tiny_data / "synthetic_ade20k")
     digest = configs.dump(cfg, run.work_dir / "config.py")
-    rundir.write(run.work_dir, rundir.RUN_INFO, {"config_hash": digest, "lock_token": "t0k3n"})
+    write_json(run.work_dir / "run.json", {"config_hash": digest, "lock_token": "t0k3n"})
     return run, digest
 
 
@@ -70,7 +71,7 @@ def test_a_rerun_resumes_only_what_a_kill_lost(prepared):
     (work_dir / "iter_4.pth").write_bytes(complete[: len(complete) // 2])
     (work_dir / "result.json").unlink()
     progress.update(iteration=4, evaluations=[])
-    rundir.write(work_dir, rundir.PROGRESS, progress)
+    write_json(work_dir / "progress.json", progress)
     assert train(work_dir) == 0
     result = json.loads((work_dir / "result.json").read_text())
     assert [a["start_iter"] for a in result["attempts"]] == [0, 2]
@@ -83,7 +84,7 @@ def test_a_rerun_resumes_only_what_a_kill_lost(prepared):
     # kill -9 between the final checkpoint and its evaluation: resuming evaluates, trains nothing.
     (work_dir / "result.json").unlink()
     progress = json.loads((work_dir / "progress.json").read_text())
-    rundir.write(work_dir, rundir.PROGRESS, {**progress, "evaluations": []})
+    write_json(work_dir / "progress.json", {**progress, "evaluations": []})
     assert train(work_dir) == 0
     result = json.loads((work_dir / "result.json").read_text())
     assert result["attempts"][-1]["start_iter"] == 4 and [e["iteration"] for e in result["evaluations"]] == [4]
@@ -106,7 +107,7 @@ def test_a_run_locked_by_another_live_process_is_left_alone(prepared):
 
     run, _ = prepared
     RunLock(run.work_dir, "someone-else").acquire()  # this (live) pytest process, another token
-    assert worker(run.work_dir) == rundir.EXIT_LOCKED
+    assert worker(run.work_dir) == folder.EXIT_LOCKED
     assert sorted(p.name for p in run.work_dir.iterdir()) == ["config.py", "lock", "run.json"]
 
 
@@ -117,10 +118,10 @@ def test_the_newest_complete_checkpoint_is_chosen(tmp_path):
     data = (tmp_path / "iter_4.pth").read_bytes()
     (tmp_path / "iter_6.pth").write_bytes(data[:-30])  # killed while saving
     (tmp_path / "best_mIoU_iter_8.pth").write_bytes(data)
-    assert rundir.latest_checkpoint(tmp_path) == (tmp_path / "iter_4.pth", 4)
+    assert folder.latest_checkpoint(tmp_path) == (tmp_path / "iter_4.pth", 4)
     os.remove(tmp_path / "iter_4.pth")
     os.remove(tmp_path / "iter_2.pth")
-    assert rundir.latest_checkpoint(tmp_path) is None
+    assert folder.latest_checkpoint(tmp_path) is None
 
 
 def test_the_config_text_is_formatted_once_per_content(monkeypatch):

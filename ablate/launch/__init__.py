@@ -3,22 +3,44 @@
 - :mod:`~ablate.launch.local`: this machine, one run at a time or a pool of GPU slots;
 - :mod:`~ablate.launch.torchrun`: one run over K processes of this node (gloo on CPUs);
 - :mod:`~ablate.launch.slurm`: one submitit job per run, requeued on preemption or timeout;
+- :mod:`~ablate.launch.pool`: the process pool the first two share;
 - :mod:`~ablate.launch.orchestrate`: what ``ablate run`` does around them (configs, skips,
-  locks, config-hash checks, live progress, outcomes).
+  locks, config checks, live progress, outcomes), without naming any backend.
 
 Backends are imported when chosen (submitit only for Slurm), so importing this package is cheap.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from ablate.errors import LaunchError, one_of
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
+from ablate.runs import JobState, Run, RunInfo
 from ablate.study import Study
 
-LAUNCHERS = ("local", "torchrun", "slurm")
+# name -> the module and class of the backend
+LAUNCHERS = {"local": ("ablate.launch.local", "LocalLauncher"),
+             "torchrun": ("ablate.launch.torchrun", "TorchrunLauncher"),
+             "slurm": ("ablate.launch.slurm", "SlurmLauncher")}
 
-__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "RunOutcome", "make_launcher"]
+__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "RunOutcome", "job_state", "launcher_class", "make_launcher"]
+
+
+def launcher_class(name: str) -> type[Launcher]:
+    """The backend class of ``name`` (imports its module)."""
+    if name not in LAUNCHERS:
+        raise LaunchError(one_of(name, "launcher", LAUNCHERS))
+    module, cls = LAUNCHERS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def job_state(run: Run, info: RunInfo) -> JobState | None:
+    """The scheduler's word on the job a run's ``run.json`` records, asked of the backend that
+    launched it (:meth:`Launcher.job_state`); None where no scheduler knows the run."""
+    if info.launcher not in LAUNCHERS or not info.job_id:
+        return None
+    return launcher_class(info.launcher).job_state(run, info)
 
 
 def make_launcher(
@@ -41,25 +63,22 @@ def make_launcher(
     Raises:
         LaunchError: an unknown launcher, or options that do not fit it or this machine.
     """
-    if name not in LAUNCHERS:
-        raise LaunchError(one_of(name, "launcher", LAUNCHERS))
+    cls = launcher_class(name)
     for value, flag in ((gpus, "--gpus"), (gpus_per_run, "--gpus-per-run")):
         if value is not None and value < (0 if flag == "--gpus" else 1):
             raise LaunchError(f"{flag} {value}: must be {'0 or more' if flag == '--gpus' else 'at least 1'}")
     if name == "slurm":
-        from ablate.launch.slurm import SlurmLauncher, SlurmOptions  # lazy: submitit
+        from ablate.launch.slurm import SlurmOptions
 
         if gpus:
             raise LaunchError("--gpus sizes a pool of this machine's GPUs; Slurm jobs take --gpus-per-run")
-        return SlurmLauncher(SlurmOptions.from_study(study, gpus_per_run=gpus_per_run, **slurm))
+        return cls(SlurmOptions.from_study(study, gpus_per_run=gpus_per_run, **slurm))
     given = [f"--{k.replace('_', '-')}" for k, v in slurm.items() if v is not None]
     if given:
         raise LaunchError(f"{', '.join(given)}: Slurm options, but the launcher is `{name}`")
-    from ablate.launch.local import LocalLauncher, PoolOptions
+    from ablate.launch.pool import PoolOptions
 
     if name == "local":
-        return LocalLauncher(PoolOptions(gpus=gpus or 0, gpus_per_run=gpus_per_run or 1))
-    from ablate.launch.torchrun import TorchrunLauncher
-
+        return cls(PoolOptions(gpus=gpus or 0, gpus_per_run=gpus_per_run or 1))
     per_run = gpus_per_run or int(study.resources.get("gpus_per_run") or 1)
-    return TorchrunLauncher(PoolOptions(gpus=gpus or 0, gpus_per_run=per_run))
+    return cls(PoolOptions(gpus=gpus or 0, gpus_per_run=per_run))

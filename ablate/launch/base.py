@@ -1,11 +1,14 @@
-"""The launcher interface: submit runs, poll them, cancel them; failures come back as values.
+"""The launcher interface: submit runs, and handles that answer for them; failures come back as values.
 
-A backend is one small class (as a submitit ``Executor`` or a Hydra ``Launcher``): it starts the
-worker (``python -m ablate.train WORK_DIR``, see :mod:`ablate.train`) for each run it is given and
-turns a finished worker into a :class:`RunOutcome`. It reads the run folder to decide the outcome
-(``result.json`` means done) and writes ``failed.json`` only for a worker that died without
-writing one itself (killed, out of memory). Everything else in the run folder is the business of
-:mod:`ablate.launch.orchestrate` (before the launch) and of the worker (during it).
+A backend is one small class (as a submitit ``Executor`` or a Hydra ``Launcher``): its
+:meth:`Launcher.submit` starts the worker (``python -m ablate.train WORK_DIR``, see
+:mod:`ablate.train`) of each run it is given and returns one :class:`RunHandle` per run. A
+handle answers its own run's state (:meth:`RunHandle.poll`) and stops it
+(:meth:`RunHandle.cancel`), so that :mod:`ablate.launch.orchestrate` never needs to know which
+backend it drives. A worker that ended becomes a :class:`RunOutcome` (:func:`ended`): the run
+folder decides it (``result.json`` means done), and the launcher writes ``failed.json`` only for a
+worker that died without writing one itself (killed, out of memory). Everything else in the run
+folder is the business of the orchestrator (before the launch) and of the worker (during it).
 """
 from __future__ import annotations
 
@@ -14,12 +17,11 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
-from ablate.launch import rundir
-from ablate.study import Run
+from ablate.runs import JobState, RecordError, Result, Run, RunInfo, folder
+from ablate.runs.records import Failure
 
-STATUSES = ("done", "failed", "skipped", "submitted")
 WORKER = "ablate.train"  # module run as the worker: `python -m WORKER WORK_DIR`, or WORKER.train(WORK_DIR)
 
 
@@ -28,61 +30,71 @@ class RunOutcome:
     """What became of one run (Hydra's ``JobReturn``): the CLI picks the exit code from these.
 
     ``status`` is ``done`` (trained and evaluated; ``result`` holds its result.json), ``failed``
-    (``error`` says why in one line; failed.json has the log's tail), ``skipped`` (not launched:
-    finished earlier, or another process owns it; ``note`` says which) or ``submitted`` (handed to
-    a scheduler with ``--detach``; ``note`` names the job).
+    (``error`` says why in one line; failed.json has the log's tail), ``skipped`` (not launched,
+    or stopped before it ended: finished earlier, another process owns it, cancelled; ``note``
+    says which) or ``submitted`` (handed to a scheduler with ``--detach``; ``note`` names the job).
     """
 
     run: Run
     status: str
     error: str | None = None
     note: str = ""
-    result: dict | None = field(default=None, compare=False)
+    result: Result | None = field(default=None, compare=False)
 
     @property
     def work_dir(self) -> Path:
         return self.run.work_dir
 
 
-@dataclass(eq=False)
-class RunHandle:
-    """A run handed to a launcher; ``job_id`` is the pid or scheduler id once it has one."""
+class RunHandle(abc.ABC):
+    """One run handed to a launcher; it answers for the run until the run has ended.
 
-    run: Run
-    job_id: str | None = None
-    native: Any = None  # the backend's own object: a Popen, a submitit Job
-    outcome: RunOutcome | None = None  # set once, when the run has ended
+    Args:
+        run: the run.
+        job_id: the pid or the scheduler's job id, once the run has one.
+    """
+
+    def __init__(self, run: Run, job_id: str | None = None):
+        self.run = run
+        self.job_id = job_id
+        self.outcome: RunOutcome | None = None  # set once, when the run has ended
+
+    @abc.abstractmethod
+    def poll(self) -> RunOutcome | None:
+        """The run's outcome once it has ended, else None; cheap enough to call twice a second."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Ask the run to stop and return at once (a queued run never starts); its folder stays
+        resumable, and :meth:`poll` answers ``skipped`` once it has stopped."""
+
+    def kill(self) -> None:
+        """Stop the run now, where :meth:`cancel` was not heeded in time."""
+        self.cancel()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the run still waits for a slot or for the scheduler."""
+        return False
 
 
 class Launcher(abc.ABC):
-    """Starts workers for runs and reports how each ended."""
+    """Starts workers for runs; one handle per run reports how each ended."""
 
     name: ClassVar[str]
-    processes_per_run: int = 1  # the world size of one run
     can_detach: ClassVar[bool] = False  # whether runs go on after `ablate run` exits
+    processes_per_run: int = 1  # the world size of one run
 
     @abc.abstractmethod
     def submit(self, runs: Sequence[Run]) -> list[RunHandle]:
         """Start (or queue) one worker per run; returns at once, one handle per run, in order."""
 
-    @abc.abstractmethod
-    def poll(self, handle: RunHandle) -> RunOutcome | None:
-        """The run's outcome once it has ended, else None; cheap enough to call twice a second."""
-
-    @abc.abstractmethod
-    def cancel(self, handle: RunHandle) -> None:
-        """Stop the run (a queued one never starts); its folder stays resumable."""
-
-    def warm_up(self) -> None:
-        """Get ready to launch: called once, when there are runs to launch, before their folders
-        are prepared (configs written), so that slow preparations can overlap with that."""
-
     def run_info(self) -> dict:
-        """Keys this backend adds to each launched run's ``run.json``."""
+        """Fields of :class:`~ablate.runs.RunInfo` this backend sets in each launched run's ``run.json``."""
         return {}
 
-    def attach(self, run: Run, info: dict) -> RunHandle | None:
-        """A handle on a job that an earlier ``ablate run --detach`` left running, if it still runs.
+    def attach(self, run: Run, info: RunInfo) -> RunHandle | None:
+        """A handle on a job that an earlier ``ablate run --detach`` left queued or running, if any.
 
         Args:
             run: the run.
@@ -90,10 +102,16 @@ class Launcher(abc.ABC):
         """
         return None
 
+    @classmethod
+    def job_state(cls, run: Run, info: RunInfo) -> JobState | None:
+        """The scheduler's word on the job ``run.json`` records, or None where no scheduler
+        knows it (runs on this machine answer through their lock instead)."""
+        return None
+
 
 def worker_command(work_dir: Path) -> list[str]:
     """The command that trains one run: ``python -m ablate.train WORK_DIR`` (see :data:`WORKER`)."""
-    return [sys.executable, "-m", WORKER, str(rundir.abspath(work_dir))]
+    return [sys.executable, "-m", WORKER, str(folder.abspath(work_dir))]
 
 
 def ended(run: Run, exit_code: int | None, log: Path | None, error: str | None = None) -> RunOutcome:
@@ -108,17 +126,21 @@ def ended(run: Run, exit_code: int | None, log: Path | None, error: str | None =
         log: the worker's captured output, for the tail.
         error: what to record when the worker left no failed.json; default: from ``exit_code``.
     """
-    result = rundir.read(run.work_dir, rundir.RESULT)
-    if result is not None and result.get("status") == "done":
+    try:
+        result = Result.read(run.work_dir)
+    except RecordError:
+        result = None
+    if result is not None and result.status == "done":
         return RunOutcome(run, "done", result=result)
-    if exit_code == rundir.EXIT_LOCKED:
+    if exit_code == folder.EXIT_LOCKED:
         return RunOutcome(run, "skipped", note="another live process took its lock")
-    failed = rundir.read(run.work_dir, rundir.FAILED)
-    if failed is None:
-        error = error or describe_exit(exit_code)
-        rundir.write_failed(run.work_dir, error, rundir.tail(log) if log else "", exit_code)
-        return RunOutcome(run, "failed", error=error)
-    return RunOutcome(run, "failed", error=str(failed.get("error") or describe_exit(exit_code)))
+    try:
+        failure = Failure.read(run.work_dir)
+    except RecordError:
+        failure = None
+    if failure is None:
+        failure = folder.record_failure(run.work_dir, error or describe_exit(exit_code), folder.tail(log), exit_code)
+    return RunOutcome(run, "failed", error=failure.error)
 
 
 def describe_exit(exit_code: int | None) -> str:

@@ -1,25 +1,31 @@
 """``ablate run``: a study's runs, from resolved configs to finished, evaluated runs.
 
-Reads the study and each run folder (``result.json``, ``run.json``, ``lock``, checkpoints,
-``config.py``). Before a launch it takes the run's lock and writes ``config.py`` (resolved) and
-``run.json`` (config hash, launcher, lock token); the worker and the launcher write the rest (see
-CONTRACTS.md). Returns one :class:`~ablate.launch.base.RunOutcome` per run and leaves exit codes
-to the CLI; the only output is live progress on a console, when one is given.
+Reads each run folder through :func:`ablate.runs.read_state`. Before a launch it takes the run's
+lock and writes ``config.py`` (resolved) and ``run.json`` (config hash and key, launcher, lock
+token, data root); the worker and the launcher write the rest (see :mod:`ablate.runs`). Returns
+one :class:`~ablate.launch.base.RunOutcome` per run and leaves exit codes to the CLI; the only
+output is progress on a console, when one is given. No backend is named here: a launcher's
+handles answer for their runs, and :func:`ablate.launch.job_state` asks the backend that
+launched a detached run.
 
-What happens to a run (:func:`plan_runs`), first rule that applies:
+What happens to a run (:func:`decide`), first rule that applies:
 
 1. its folder holds training (a checkpoint or a result) from a config whose keys differ from the
    config resolved now: ``conflict``, refused with the changed keys; with ``restart`` it is
    ``restart``: the folder is emptied and the run trained again. Keys that cannot change a result
-   (logging, visualisation, the folder's own path) do not count;
+   (logging, visualisation, the folder's own path: :data:`ablate.configs.NEUTRAL_KEYS`) do not
+   count. The config the training was made with is the key ``run.json``/``result.json`` record,
+   else ``runtime_config.py`` or ``config.py`` in the folder; with none of them readable the run
+   is a conflict too, since nothing says what it trained with;
 2. ``result.json``: ``done``, skipped;
-3. an earlier ``--detach`` left its Slurm job queued or running: ``queued``; ``ablate run`` with
-   the same launcher waits for it, anything else leaves it alone;
+3. an earlier ``--detach`` left its job queued or running: ``queued``; ``ablate run`` with the
+   same launcher waits for it, anything else leaves it alone;
 4. a live process holds its lock: ``locked``, skipped;
 5. a complete checkpoint: ``resume`` from it; else ``start``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -29,30 +35,31 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ablate import configs
+from ablate.display import duration
 from ablate.errors import LaunchError
-from ablate.launch import rundir
+from ablate.launch import job_state
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
-from ablate.launch.lock import LockHeld, RunLock, live_holder, new_token
-from ablate.study import Run, Study
+from ablate.runs import Failure, Progress, RecordError, Result, Run, RunInfo, RunState, folder, read_state
+from ablate.runs.lock import LAUNCHER, LockHeld, RunLock, new_token
+from ablate.study import Study
 
 POLL_S = 0.5
-# Keys that change logs or paths but not what a run computes: changing them does not stop a resume.
-NEUTRAL_KEYS = ("work_dir", "ablate", "visualizer", "vis_backends", "log_level", "log_processor",
-                "default_hooks.logger", "default_hooks.visualization")
+CANCEL_GRACE_S = 10.0  # a stopped worker gets this long to release its lock before SIGKILL
 LAUNCHED = ("start", "resume", "restart")
+Overrides = dict[str, Any] | Callable[[Run, Any], dict[str, Any]] | None
 
 
 @dataclass
-class PlannedRun:
+class RunDecision:
     """What ``ablate run`` will do with one run, and why."""
 
     run: Run
+    state: RunState
     action: str  # start | resume | restart | done | queued | locked | conflict
-    digest: str | None  # hash of the config resolved now; None where nothing ran yet (hashed when written)
     cfg: Any = field(repr=False, default=None)
+    key: str = ""  # the run key of the config resolved now
     note: str = ""  # resume point, lock holder, job state, changed keys
     changed: list[str] = field(default_factory=list)
-    info: dict | None = None  # the folder's run.json
     discard: bool = False  # whether the folder is emptied before the launch
 
 
@@ -85,13 +92,8 @@ def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | Non
                       "folder with images/ and annotations/ (`ablate data check --data-root DIR` checks it)")
 
 
-def plan_runs(
-    study: Study,
-    runs: Sequence[Run],
-    data_root: Path,
-    restart: bool = False,
-    overrides: dict[str, Any] | Callable[[Run, Any], dict[str, Any]] | None = None,
-) -> list[PlannedRun]:
+def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool = False,
+              overrides: Overrides = None) -> list[RunDecision]:
     """Resolve each run's config and decide what to do with it (the rules in the module doc).
 
     Args:
@@ -102,93 +104,71 @@ def plan_runs(
         overrides: extra dotted config keys for every run, or ``f(run, cfg)`` returning them per run
             (``--wandb``: :func:`ablate.tracking.overrides_for` adds a vis backend).
     """
-    planned = []
+    decisions = []
     for run in runs:
         cfg = configs.resolve(study, run, data_root=data_root)
         if overrides:
             cfg.merge_from_dict(dict(overrides(run, cfg) if callable(overrides) else overrides))
-        planned.append(_decide(run, cfg, restart))
-    return planned
+        decisions.append(decide(run, cfg, restart))
+    return decisions
 
 
-def _decide(run: Run, cfg, restart: bool) -> PlannedRun:
-    work_dir = run.work_dir
-    info = rundir.read(work_dir, rundir.RUN_INFO)
-    result = rundir.read(work_dir, rundir.RESULT)
-    checkpoint = rundir.latest_checkpoint(work_dir) if work_dir.is_dir() else None
-    recorded = (result or {}).get("config_hash") or (info or {}).get("config_hash")
-    if recorded is None:
-        digest = None  # nothing to compare with; config.py's text is formatted when it is written
-    elif (info or {}).get("config_key") == configs.content_key(cfg):
-        digest = recorded  # the content it was prepared with: no need to format its text again
-    else:
-        digest = configs.text_hash(configs.config_text(cfg))
-    plan = PlannedRun(run, "start", digest, cfg, info=info)
-    if recorded is not None and recorded != digest:
-        changed = _changed_keys(work_dir, cfg)
-        if changed and (checkpoint or result):
-            plan.action, plan.changed, plan.discard = "restart" if restart else "conflict", changed, True
-            plan.note = "config changed: " + ", ".join(changed)
-            return plan
-        if changed:  # nothing resumable was made with the old config
-            plan.discard, plan.note = True, "config changed; nothing to resume, starting afresh"
-            return plan
-    if result is not None:
-        plan.action, plan.note = "done", _result_note(result)
-        return plan
-    if info and info.get("launcher") == "slurm" and info.get("job_id"):
-        from ablate.launch.slurm import job_state  # lazy: submitit, only for runs that went to Slurm
-
-        state = job_state(run, info)
-        if state is not None:
-            plan.action, plan.note = "queued", f"job {info['job_id']} is {state.lower()}"
-            return plan
-    holder = live_holder(work_dir)
-    if holder is not None:
-        plan.action, plan.note = "locked", f"running: lock held by {holder}"
-        return plan
-    if checkpoint is not None:
-        plan.action, plan.note = "resume", f"from iteration {checkpoint[1]}"
-    return plan
+def decide(run: Run, cfg, restart: bool) -> RunDecision:
+    """What to do with ``run`` given the config resolved for it now (the module doc's rules)."""
+    key = configs.run_key(cfg)
+    state = read_state(run, expected_key=lambda *_: key, job_state=job_state)
+    decision = RunDecision(run, state, "start", cfg, key)
+    if state.result is not None or state.checkpoint is not None:
+        if state.recorded_key != key:
+            changed = _changed_keys(run.work_dir, cfg)
+            if changed:
+                decision.action = "restart" if restart else "conflict"
+                decision.changed, decision.discard = changed, True
+                decision.note = "config changed: " + ", ".join(changed)
+                return decision
+    elif state.info is not None and state.recorded_key not in (None, key):
+        decision.discard, decision.note = True, "config changed; nothing to resume, starting afresh"
+        return decision
+    if state.result is not None:
+        decision.action, decision.note = "done", _result_note(state.result)
+    elif state.job is not None and state.job.active:
+        decision.action, decision.note = "queued", f"job {state.job.job_id} is {state.job.state.lower()}"
+    elif state.holder is not None:
+        doing = "queued" if state.holder.role == LAUNCHER else "running"
+        decision.action, decision.note = "locked", f"{doing}: lock held by {state.holder}"
+    elif state.checkpoint is not None:
+        decision.action, decision.note = "resume", f"from iteration {state.checkpoint[1]}"
+    return decision
 
 
 def _changed_keys(work_dir: Path, cfg) -> list[str]:
-    """Keys whose values differ between the config the run started with and ``cfg``.
+    """Keys whose values differ between the config the folder's training was made with and ``cfg``.
 
-    The run started with ``config.py``; if something rewrote that file since (its hash is not the
-    recorded one), mmengine's dump of what ran (``runtime_config.py``) is compared instead.
+    That config is mmengine's dump of what the last attempt ran (``runtime_config.py``), else the
+    ``config.py`` it was launched with. With neither readable, the answer is one line saying so:
+    a run whose config is unknown is never resumed silently.
     """
     from mmengine.config import Config
 
-    info = rundir.read(work_dir, rundir.RUN_INFO) or {}
-    candidates = [work_dir / rundir.CONFIG, work_dir / "runtime_config.py"]
-    runtime_only = ("resume", "load_from", "launcher", "model_wrapper_cfg", "env_cfg.dist_cfg")
-    for path in candidates:
+    for name, ignore in ((folder.RUNTIME_CONFIG, configs.RUNTIME_KEYS), (folder.CONFIG, ())):
         try:
-            text = path.read_text()
-            if path.name == rundir.CONFIG and configs.text_hash(text) != info.get("config_hash"):
-                continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                old = Config.fromfile(str(path), import_custom_modules=False)
+                old = Config.fromfile(str(work_dir / name), import_custom_modules=False)
         except Exception:  # noqa: BLE001 - missing or unreadable: try the next, else say so below
             continue
-        ignore = NEUTRAL_KEYS + (runtime_only if path.name != rundir.CONFIG else ())
-        return [key for key, _, _ in configs.diff(old, cfg, ignore=ignore)]
-    return ["(the config it started with is gone; which keys changed is unknown)"]
+        return [key for key, _, _ in configs.diff(old, cfg, ignore=configs.NEUTRAL_KEYS + ignore)]
+    return ["(unknown: no readable record of the config it trained with)"]
 
 
-def _result_note(result: dict) -> str:
-    best, last = result.get("miou_best"), result.get("miou_last")
-    if isinstance(best, (int, float)) and isinstance(last, (int, float)):
-        return f"mIoU best {best:.2f}, last {last:.2f}"
-    return "finished"
+def _result_note(result: Result) -> str:
+    return f"mIoU best {result.miou_best:.2f}, last {result.miou_last:.2f}"
 
 
-def conflict_message(planned: Sequence[PlannedRun]) -> str:
+def conflict_message(decisions: Sequence[RunDecision]) -> str:
     """The error for runs whose config changed since they started (one line per run)."""
-    lines = [f"{p.run.key}: config changed since this run started ({', '.join(p.changed)}); "
-             f"refusing to resume it" for p in planned]
+    lines = [f"{d.run.key}: config changed since this run started ({', '.join(d.changed)}); "
+             f"refusing to resume it" for d in decisions]
     lines.append("--restart discards these runs and trains them again with the new config")
     return "\n".join(lines)
 
@@ -200,7 +180,7 @@ def run_study(
     data_root: Path,
     restart: bool = False,
     detach: bool = False,
-    overrides: dict[str, Any] | Callable[[Run, Any], dict[str, Any]] | None = None,
+    overrides: Overrides = None,
     console=None,
 ) -> list[RunOutcome]:
     """Train and evaluate every run that is not done yet; one outcome per run, in ``runs`` order.
@@ -213,7 +193,7 @@ def run_study(
         restart: discard runs whose config changed instead of refusing them.
         detach: submit and return at once (launchers that outlive this process only).
         overrides: extra dotted config keys for every run (see :func:`plan_runs`).
-        console: a rich console for live progress, or None for none.
+        console: a rich console for progress, or None for none.
 
     Raises:
         LaunchError: changed configs without ``restart``, ``detach`` on a launcher that cannot,
@@ -221,73 +201,70 @@ def run_study(
     """
     if detach and not launcher.can_detach:
         raise LaunchError(f"--detach needs a launcher whose jobs outlive `ablate run` (slurm), not `{launcher.name}`")
-    planned = plan_runs(study, runs, data_root, restart, overrides)
-    conflicts = [p for p in planned if p.action == "conflict"]
+    decisions = plan_runs(study, runs, data_root, restart, overrides)
+    conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
     outcomes: dict[Run, RunOutcome] = {}
     attached: list[RunHandle] = []
-    for p in planned:
-        if p.action == "done":
-            outcomes[p.run] = RunOutcome(p.run, "skipped", note=f"done earlier ({p.note})",
-                                         result=rundir.read(p.run.work_dir, rundir.RESULT))
-        elif p.action == "locked":
-            outcomes[p.run] = RunOutcome(p.run, "skipped", note=p.note)
-        elif p.action == "queued":
-            handle = None if detach else launcher.attach(p.run, p.info or {})
+    for d in decisions:
+        if d.action == "done":
+            outcomes[d.run] = RunOutcome(d.run, "skipped", note=f"done earlier ({d.note})", result=d.state.result)
+        elif d.action == "locked":
+            outcomes[d.run] = RunOutcome(d.run, "skipped", note=d.note)
+        elif d.action == "queued":
+            handle = None if detach else launcher.attach(d.run, d.state.info)
             if handle is None:
-                outcomes[p.run] = RunOutcome(p.run, "skipped", note=p.note)
+                outcomes[d.run] = RunOutcome(d.run, "skipped", note=d.note)
             else:
                 attached.append(handle)
-    launched = [p for p in planned if p.action in LAUNCHED]
-    if launched:
-        launcher.warm_up()  # e.g. the local launcher's preloaded server imports while configs are written
-    locks = _prepare(launched, launcher, outcomes, console)
+    launched = [d for d in decisions if d.action in LAUNCHED]
+    locks = _prepare(launched, launcher, data_root, outcomes, console)
     try:
-        handles = launcher.submit([p.run for p in planned if p.run in locks]) if locks else []
+        handles = launcher.submit([d.run for d in launched if d.run in locks]) if locks else []
         for handle in handles:
-            if handle.job_id and launcher.can_detach:
-                info = rundir.read(handle.run.work_dir, rundir.RUN_INFO) or {}
-                rundir.write(handle.run.work_dir, rundir.RUN_INFO, {**info, "job_id": handle.job_id})
+            if handle.job_id:
+                info = RunInfo.read(handle.run.work_dir)
+                dataclasses.replace(info, job_id=handle.job_id).write(handle.run.work_dir)
         if detach:
             for handle in handles:
                 outcomes[handle.run] = RunOutcome(handle.run, "submitted", note=f"job {handle.job_id}")
             return [outcomes[r] for r in runs]
-        outcomes.update(monitor(launcher, attached + handles, console))
+        outcomes.update(monitor(attached + handles, console))
     finally:
         for lock in locks.values():
             lock.release()  # the worker's lock, too: it carries the same token
     return [outcomes[r] for r in runs]
 
 
-def _prepare(planned: Sequence[PlannedRun], launcher: Launcher, outcomes: dict, console) -> dict[Run, RunLock]:
+def _prepare(decisions: Sequence[RunDecision], launcher: Launcher, data_root: Path, outcomes: dict,
+             console) -> dict[Run, RunLock]:
     """Lock each run, empty it when it is discarded, write config.py and run.json."""
     locks = {}
-    for p in planned:
-        lock = RunLock(p.run.work_dir, new_token())
+    for d in decisions:
+        lock = RunLock(d.run.work_dir, new_token(), role=LAUNCHER)
         try:
             stale = lock.acquire()
         except LockHeld as exc:
-            outcomes[p.run] = RunOutcome(p.run, "skipped", note=f"running: {exc}")
+            outcomes[d.run] = RunOutcome(d.run, "skipped", note=f"running: {exc}")
             continue
         if stale is not None and console is not None:
-            console.print(f"[yellow]warning:[/] {p.run.key}: took over the stale lock of {stale} (not running)")
-        if p.discard:
-            rundir.discard(p.run.work_dir)
-        (p.run.work_dir / rundir.FAILED).unlink(missing_ok=True)
-        digest = configs.dump(p.cfg, p.run.work_dir / rundir.CONFIG)
-        info = {"config_hash": digest, "config_key": configs.content_key(p.cfg), "started_at": rundir.now(),
-                "launcher": launcher.name, "job_id": None, "host": socket.gethostname(),
-                "world_size": launcher.processes_per_run, "lock_token": lock.token, **launcher.run_info()}
-        rundir.write(p.run.work_dir, rundir.RUN_INFO, info)
-        locks[p.run] = lock
+            console.print(f"[yellow]warning:[/] {d.run.key}: took over the stale lock of {stale} (not running)")
+        if d.discard:
+            folder.discard(d.run.work_dir)
+        (d.run.work_dir / Failure.FILE).unlink(missing_ok=True)
+        digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
+        RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
+                host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
+                data_root=str(data_root), **launcher.run_info()).write(d.run.work_dir)
+        locks[d.run] = lock
     return locks
 
 
-def monitor(launcher: Launcher, handles: Sequence[RunHandle], console=None) -> dict[Run, RunOutcome]:
+def monitor(handles: Sequence[RunHandle], console=None) -> dict[Run, RunOutcome]:
     """Poll ``handles`` until each has ended; show one live line per active run on ``console``.
 
-    Ctrl-C (or any exception) cancels the runs still going, which stay resumable, and re-raises.
+    Ctrl-C (or any exception) stops the runs still going, which stay resumable, and re-raises.
     """
     since = time.time()
     pending, outcomes = list(handles), {}
@@ -296,7 +273,7 @@ def monitor(launcher: Launcher, handles: Sequence[RunHandle], console=None) -> d
         with live:
             while pending:
                 for handle in list(pending):
-                    outcome = launcher.poll(handle)
+                    outcome = handle.poll()
                     if outcome is not None:
                         pending.remove(handle)
                         outcomes[handle.run] = outcome
@@ -306,10 +283,21 @@ def monitor(launcher: Launcher, handles: Sequence[RunHandle], console=None) -> d
                     live.update(_progress_lines(pending, since))
                     time.sleep(POLL_S)
     except BaseException:
-        for handle in pending:
-            launcher.cancel(handle)
+        stop(pending)
         raise
     return outcomes
+
+
+def stop(handles: Sequence[RunHandle], grace_s: float = CANCEL_GRACE_S) -> None:
+    """Ask every run to stop, give them ``grace_s`` together to do so, then kill the rest."""
+    for handle in handles:
+        handle.cancel()
+    deadline = time.time() + grace_s
+    while any(h.poll() is None for h in handles) and time.time() < deadline:
+        time.sleep(0.1)
+    for handle in handles:
+        if handle.poll() is None:
+            handle.kill()
 
 
 def _live(console):
@@ -340,26 +328,27 @@ def _progress_lines(pending: Sequence[RunHandle], since: float):
 
     lines, waiting = [], 0
     for handle in pending:
-        path = handle.run.work_dir / rundir.PROGRESS
-        progress = rundir.read(handle.run.work_dir, rundir.PROGRESS) if _mtime(path) >= since else None
+        progress = _fresh_progress(handle.run, since)
         if progress is None:  # this attempt has not written yet
             waiting += 1
             continue
-        loss = progress.get("loss")
-        line = Text(f"{handle.run.key:<24} {progress.get('iteration', 0):>6}/{progress.get('max_iters', '?'):<6} ")
-        line.append(f"loss {loss:.3f}  " if isinstance(loss, (int, float)) else "loss -      ")
-        line.append(f"ETA {rundir.elapsed(progress.get('eta_s'))}", style="dim")
+        line = Text(f"{handle.run.key:<24} {progress.iteration:>6}/{progress.max_iters or '?':<6} ")
+        line.append(f"loss {progress.loss:.3f}  " if progress.loss is not None else "loss -      ")
+        line.append(f"ETA {duration(progress.eta_s)}", style="dim")
         lines.append(line)
     if waiting:
         lines.append(Text(f"{waiting} run{'s' * (waiting > 1)} starting or queued", style="dim"))
     return Group(*lines)
 
 
-def _mtime(path: Path) -> float:
+def _fresh_progress(run: Run, since: float) -> Progress | None:
+    """The run's progress.json if this attempt wrote it (after ``since``), else None."""
     try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+        if (run.work_dir / Progress.FILE).stat().st_mtime < since:
+            return None
+        return Progress.read(run.work_dir)
+    except (OSError, RecordError):
+        return None
 
 
 def describe(outcome: RunOutcome) -> str:
@@ -369,43 +358,8 @@ def describe(outcome: RunOutcome) -> str:
     key = escape(outcome.run.key)
     if outcome.status == "done" and outcome.result:
         r = outcome.result
-        return (f"[green]done[/]      {key}  mIoU best {r['miou_best']:.2f} (iteration {r.get('best_iter')}), "
-                f"last {r['miou_last']:.2f}  [dim]{rundir.elapsed(r.get('wall_time_s'))}[/]")
+        return (f"[green]done[/]      {key}  mIoU best {r.miou_best:.2f} (iteration {r.best_iter}), "
+                f"last {r.miou_last:.2f}  [dim]{duration(r.wall_time_s)}[/]")
     if outcome.status == "failed":
         return f"[red]failed[/]    {key}: {escape(outcome.error or '')}  [dim]{outcome.work_dir}/failed.json[/]"
     return f"[yellow]{outcome.status:<9}[/] {key}: {escape(outcome.note)}"
-
-
-def status_rows(study: Study, profile: str, work_root: str | os.PathLike | None = None) -> list[dict]:
-    """:func:`ablate.collect.collect`'s rows (no measurements), completed from unfinished runs' progress.
-
-    Adds ``note`` to every row and, for runs without a result, ``wall_time_s``, ``miou_best`` and
-    ``miou_last`` from the evaluations that ``progress.json`` holds so far.
-    """
-    from ablate.collect import collect
-
-    rows = collect(study, profile, work_root=work_root, measure=False)
-    for row in rows:
-        row["note"] = ""
-        if row["status"] == "done":
-            continue
-        work_dir = Path(row["work_dir"])
-        progress = rundir.read(work_dir, rundir.PROGRESS) or {}
-        evaluations = progress.get("evaluations") or []
-        if evaluations:
-            row["miou_best"] = max(e["mIoU"] for e in evaluations)
-            row["miou_last"] = max(evaluations, key=lambda e: e["iteration"])["mIoU"]
-        row["wall_time_s"] = progress.get("wall_time_s")
-        if row["status"] == "running" and progress.get("eta_s") is not None:
-            row["note"] = f"ETA {rundir.elapsed(progress['eta_s'])}"
-        elif row["status"] == "pending":
-            info = rundir.read(work_dir, rundir.RUN_INFO) or {}
-            if info.get("launcher") == "slurm" and info.get("job_id"):
-                from ablate.launch.slurm import job_state  # lazy: submitit
-
-                run = Run(study.name, profile, row["variant"], row["seed"], work_dir)
-                state = job_state(run, info)
-                row["note"] = f"job {info['job_id']} {state.lower()}" if state else ""
-            elif (checkpoint := rundir.latest_checkpoint(work_dir)) is not None:
-                row["note"] = f"resumes from iteration {checkpoint[1]}"
-    return rows

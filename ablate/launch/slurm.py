@@ -24,10 +24,11 @@ from typing import Any, Sequence
 import submitit
 
 from ablate.errors import LaunchError, did_you_mean
-from ablate.launch import base, rundir
+from ablate.launch import base
 from ablate.launch.base import Launcher, RunHandle, RunOutcome, ended
-from ablate.launch.lock import pid_alive
-from ablate.study import Run, Study
+from ablate.runs import JobState, Run, RunInfo, folder
+from ablate.runs.lock import pid_alive
+from ablate.study import Study
 
 SUBMITIT_DIR = "submitit"
 _ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
@@ -115,14 +116,14 @@ class SlurmLauncher(Launcher):
     def executor(self, run: Run) -> submitit.Executor:
         """The submitit executor of one run, its parameters set."""
         o = self.options
-        folder = rundir.abspath(run.work_dir) / SUBMITIT_DIR
+        logs = folder.abspath(run.work_dir) / SUBMITIT_DIR
         if o.scheduler == "local":
-            executor = submitit.LocalExecutor(folder, max_num_timeout=o.max_requeues)
+            executor = submitit.LocalExecutor(logs, max_num_timeout=o.max_requeues)
             executor.update_parameters(timeout_min=o.timeout_min, gpus_per_node=o.gpus_per_run,
                                        tasks_per_node=o.tasks, signal_delay_s=o.signal_delay_s,
                                        setup=list(o.setup))
             return executor
-        executor = submitit.SlurmExecutor(folder, max_num_timeout=o.max_requeues)
+        executor = submitit.SlurmExecutor(logs, max_num_timeout=o.max_requeues)
         params: dict[str, Any] = dict(
             job_name=f"{run.study}-{run.variant}-seed{run.seed}", time=o.timeout_min, nodes=1,
             ntasks_per_node=o.tasks, cpus_per_task=max(1, o.cpus_per_run // o.tasks),
@@ -146,65 +147,67 @@ class SlurmLauncher(Launcher):
         handles = []
         for run in runs:
             try:
-                job = self.executor(run).submit(TrainJob(str(rundir.abspath(run.work_dir)), base.WORKER))
+                job = self.executor(run).submit(TrainJob(str(folder.abspath(run.work_dir)), base.WORKER))
             except Exception as exc:  # noqa: BLE001 - sbatch refusing a job is the user's to fix
                 raise LaunchError(f"{run.key}: submission failed: {str(exc).strip().splitlines()[-1]}") from None
-            handles.append(RunHandle(run, job_id=str(job.job_id), native=job))
+            handles.append(SlurmHandle(run, str(job.job_id), job))
         return handles
-
-    def poll(self, handle: RunHandle) -> RunOutcome | None:
-        if handle.outcome is not None:
-            return handle.outcome
-        job = handle.native
-        if job is None:  # attached to a local-scheduler job of an earlier `ablate run`
-            if pid_alive(int(handle.job_id)):
-                return None
-            state = "FINISHED"
-        else:
-            if not job.done():
-                return None
-            state = job.state
-        log = _job_log(handle.run, handle.job_id)
-        handle.outcome = ended(handle.run, None, log, error=f"job {handle.job_id} ended ({state}) without a result")
-        return handle.outcome
-
-    def cancel(self, handle: RunHandle) -> None:
-        if handle.native is not None and handle.outcome is None:
-            handle.native.cancel(check=False)
-            handle.outcome = RunOutcome(handle.run, "skipped", note=f"job {handle.job_id} cancelled")
 
     def run_info(self) -> dict:
         return {"scheduler": self.options.scheduler}
 
-    def attach(self, run: Run, info: dict) -> RunHandle | None:
-        job_id = info.get("job_id")
-        if info.get("launcher") != self.name or not job_id or info.get("scheduler") != self.options.scheduler:
+    def attach(self, run: Run, info: RunInfo) -> RunHandle | None:
+        if info.launcher != self.name or not info.job_id or info.scheduler != self.options.scheduler:
             return None
-        if job_state(run, info) is None:
+        state = self.job_state(run, info)
+        if state is None or not state.active:
             return None
         if self.options.scheduler == "local":
-            return RunHandle(run, job_id=str(job_id))
-        return RunHandle(run, job_id=str(job_id), native=submitit.SlurmJob(run.work_dir / SUBMITIT_DIR, str(job_id)))
+            return SlurmHandle(run, info.job_id, None)
+        return SlurmHandle(run, info.job_id, submitit.SlurmJob(run.work_dir / SUBMITIT_DIR, info.job_id))
+
+    @classmethod
+    def job_state(cls, run: Run, info: RunInfo) -> JobState | None:
+        if not info.job_id:
+            return None
+        if info.scheduler == "local":  # the job id is the pid of submitit's local controller
+            alive = info.job_id.isdigit() and pid_alive(int(info.job_id))
+            return JobState(info.job_id, "RUNNING" if alive else "FINISHED", active=alive)
+        word = submitit.SlurmJob(run.work_dir / SUBMITIT_DIR, info.job_id).state.upper()
+        finished = word.split()[0] in _ENDED or word in _ENDED
+        return JobState(info.job_id, word, active=not finished, queued=word.startswith("PENDING"))
 
 
-def job_state(run: Run, info: dict) -> str | None:
-    """The state of the job ``run.json`` records while it is queued or running, else None.
+class SlurmHandle(RunHandle):
+    """A submitted job: its state comes from the scheduler (submitit's view of sacct)."""
 
-    Args:
-        run: the run.
-        info: its ``run.json`` (``job_id`` and ``scheduler`` of the submission).
-    """
-    job_id = info.get("job_id")
-    if not job_id:
-        return None
-    if info.get("scheduler") == "local":  # the job id is the pid of submitit's local controller
-        return "RUNNING" if str(job_id).isdigit() and pid_alive(int(job_id)) else None
-    state = submitit.SlurmJob(run.work_dir / SUBMITIT_DIR, str(job_id)).state.upper()
-    return None if state.split()[0] in _ENDED or state in _ENDED else state
+    def __init__(self, run: Run, job_id: str, job: submitit.Job | None):
+        super().__init__(run, job_id)
+        self.job = job  # None: a local-scheduler job of an earlier `ablate run`, known by its pid
+
+    def poll(self) -> RunOutcome | None:
+        if self.outcome is not None:
+            return self.outcome
+        if self.job is None:
+            if pid_alive(int(self.job_id)):
+                return None
+            state = "FINISHED"
+        else:
+            if not self.job.done():
+                return None
+            state = self.job.state
+        log = _job_log(self.run, self.job_id)
+        self.outcome = ended(self.run, None, log, error=f"job {self.job_id} ended ({state}) without a result")
+        return self.outcome
+
+    def cancel(self) -> None:
+        if self.job is not None and self.outcome is None:
+            self.job.cancel(check=False)
+            self.outcome = RunOutcome(self.run, "skipped", note=f"job {self.job_id} cancelled")
 
 
 def _job_log(run: Run, job_id: str | None) -> Path | None:
     """The stderr file of a job's first task (where a traceback lands)."""
     if not job_id:
         return None
-    return rundir.abspath(run.work_dir) / SUBMITIT_DIR / f"{job_id}_0_log.err"
+    return folder.abspath(run.work_dir) / SUBMITIT_DIR / f"{job_id}_0_log.err"

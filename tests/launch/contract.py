@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
-from ablate.study import Run
+from ablate.runs import Failure, WorkRoot
 
 TIMEOUT_S = 90
 
@@ -31,7 +31,7 @@ class LauncherContract:
         def make(*behaviours: dict) -> list[Run]:
             runs = []
             for index, behaviour in enumerate(behaviours):
-                run = Run("contract", "smoke", f"v{index}", 0, tmp_path / f"v{index}" / "seed0")
+                run = WorkRoot(tmp_path).run("contract", "smoke", f"v{index}", 0)
                 fake_worker.set(run.work_dir, **behaviour)
                 runs.append(run)
             return runs
@@ -39,13 +39,13 @@ class LauncherContract:
         return make
 
     @staticmethod
-    def wait(launcher: Launcher, handles: list[RunHandle], timeout: float = TIMEOUT_S) -> list[RunOutcome]:
+    def wait(handles: list[RunHandle], timeout: float = TIMEOUT_S) -> list[RunOutcome]:
         deadline = time.time() + timeout
         outcomes: dict[int, RunOutcome] = {}
         while len(outcomes) < len(handles):
             assert time.time() < deadline, f"runs did not end within {timeout} s"
             for i, handle in enumerate(handles):
-                if i not in outcomes and (outcome := launcher.poll(handle)) is not None:
+                if i not in outcomes and (outcome := handle.poll()) is not None:
                     outcomes[i] = outcome
             time.sleep(0.1)
         return [outcomes[i] for i in range(len(handles))]
@@ -55,9 +55,9 @@ class LauncherContract:
     def test_a_finished_run_is_done_with_its_result(self, make_runs, fake_worker):
         launcher = self.make_launcher()
         (run,) = make_runs({"outcome": "done"})
-        (outcome,) = self.wait(launcher, launcher.submit([run]))
+        (outcome,) = self.wait(launcher.submit([run]))
         assert outcome.status == "done"
-        assert outcome.result["miou_best"] == 12.5
+        assert outcome.result.miou_best == 12.5
         assert outcome.work_dir == run.work_dir
         starts = [c for c in fake_worker.calls(run.work_dir) if "end" not in c]
         assert sorted(c["rank"] for c in starts) == list(range(self.world_size))
@@ -66,20 +66,18 @@ class LauncherContract:
     def test_a_failure_is_a_value_and_the_other_runs_go_on(self, make_runs):
         launcher = self.make_launcher()
         runs = make_runs({"outcome": "done"}, {"outcome": "fail"}, {"outcome": "done"})
-        outcomes = self.wait(launcher, launcher.submit(runs))
+        outcomes = self.wait(launcher.submit(runs))
         assert [o.status for o in outcomes] == ["done", "failed", "done"]
         assert outcomes[1].error == "ValueError at iteration 3: fake failure"
         assert (runs[1].work_dir / "failed.json").is_file()
 
     def test_a_killed_worker_is_recorded_as_failed(self, make_runs):
-        from ablate.launch import rundir
-
         launcher = self.make_launcher()
         (run,) = make_runs({"outcome": "kill"})
-        (outcome,) = self.wait(launcher, launcher.submit([run]))
+        (outcome,) = self.wait(launcher.submit([run]))
         assert outcome.status == "failed"
-        failed = rundir.read(run.work_dir, rundir.FAILED)
-        assert failed["error"] == outcome.error
+        failed = Failure.read(run.work_dir)
+        assert failed.error == outcome.error
         assert outcome.error and "\n" not in outcome.error
         assert not (run.work_dir / "result.json").exists()
 
@@ -89,8 +87,8 @@ class LauncherContract:
         start = time.time()
         handles = launcher.submit([run])
         assert time.time() - start < 1.5
-        assert launcher.poll(handles[0]) is None
-        assert self.wait(launcher, handles)[0].status == "done"
+        assert handles[0].poll() is None
+        assert self.wait(handles)[0].status == "done"
 
     def test_cancel_stops_the_run(self, make_runs, fake_worker):
         launcher = self.make_launcher()
@@ -100,9 +98,9 @@ class LauncherContract:
         while len(fake_worker.calls(run.work_dir)) < self.world_size:  # every process has started
             assert time.time() < deadline
             time.sleep(0.1)
-        launcher.cancel(handle)
-        outcome = self.wait(launcher, [handle], timeout=30)[0]
-        assert outcome.status != "done"
+        handle.cancel()
+        outcome = self.wait([handle], timeout=30)[0]
+        assert outcome.status == "skipped"
         time.sleep(1)
         assert not any("end" in c for c in fake_worker.calls(run.work_dir))
         assert not (run.work_dir / "result.json").exists()
@@ -111,5 +109,5 @@ class LauncherContract:
         launcher = self.make_launcher()
         (run,) = make_runs({"outcome": "done"})
         handles = launcher.submit([run])
-        first = self.wait(launcher, handles)[0]
-        assert launcher.poll(handles[0]) == first
+        first = self.wait(handles)[0]
+        assert handles[0].poll() == first

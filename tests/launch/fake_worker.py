@@ -6,8 +6,7 @@ size, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, $FAKE_MARK, whether torch was impor
 started, multiprocessing's start method, start and end time), writes a line to stdout and one to
 stderr, and leaves what the real worker leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
 failure (rank 0 only). Run as
-``python -m fake_worker WORK_DIR`` (torchrun; local without preloading), through ``main([WORK_DIR])``
-(local, forked from the preloaded server) or through ``train(WORK_DIR)`` (submitit).
+``python -m fake_worker WORK_DIR`` (local, torchrun) or through ``train(WORK_DIR)`` (submitit).
 """
 import json
 import multiprocessing
@@ -17,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ablate.launch import rundir
+from ablate.runs import Progress, Result, folder
 
 
 def train(work_dir) -> int:
@@ -33,7 +32,7 @@ def train(work_dir) -> int:
     print(f"fake worker {rank}: stdout", flush=True)
     print(f"fake worker {rank}: stderr", file=sys.stderr, flush=True)
     if rank == 0:
-        rundir.write(work_dir, rundir.PROGRESS, {"iteration": 3, "max_iters": 4, "loss": 0.5, "eta_s": 75.0})
+        Progress(iteration=3, max_iters=4, loss=0.5, eta_s=75.0).write(work_dir)
     time.sleep(float(spec.get("sleep", 0)))
     outcome = spec.get("outcome", "done")
     if outcome == "kill":
@@ -43,12 +42,11 @@ def train(work_dir) -> int:
     if rank != 0:
         return 0
     if outcome == "done":
-        rundir.write(work_dir, rundir.RESULT, {"status": "done", "miou_best": 12.5, "miou_last": 11.0,
-                                               "best_iter": 4, "iterations": 4, "max_iters": 4,
-                                               "wall_time_s": 1.0})
+        Result(miou_best=12.5, miou_last=11.0, best_iter=4, iterations=4, max_iters=4,
+               wall_time_s=1.0).write(work_dir)
         return 0
     if outcome == "fail":
-        rundir.write_failed(work_dir, "ValueError at iteration 3: fake failure", "line 1\nline 2\n", 1)
+        folder.record_failure(work_dir, "ValueError at iteration 3: fake failure", "line 1\nline 2\n", 1)
         return 1
     return int(spec.get("code", 5))
 

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from ablate.errors import LaunchError
-from ablate.launch import rundir
 from ablate.launch.slurm import SlurmLauncher, SlurmOptions
-from ablate.study import Run, load_study
+from ablate.runs import RunInfo, WorkRoot, folder
+from ablate.study import load_study
 
 from .contract import LauncherContract
 
@@ -30,13 +30,13 @@ def test_the_submission_script_carries_the_options(tmp_path, sbatch_on_path):
     options = SlurmOptions(partition="gpu", account="proj42", qos="high", timeout_min=600, gpus_per_run=2,
                            cpus_per_run=16, mem_gb=64, signal_delay_s=120, setup=("module load cuda/12.1",),
                            additional={"mail-type": "END"})
-    run = Run("table2", "paper", "dwt", 1, tmp_path / "table2" / "paper" / "dwt" / "seed1")
+    run = WorkRoot(tmp_path).run("table2", "paper", "dwt", 1)
     script = SlurmLauncher(options).submission_script(run)
-    folder = run.work_dir / "submitit"
+    submitit_dir = run.work_dir / "submitit"
     for directive in ("--partition=gpu", "--account=proj42", "--qos=high", "--time=600", "--nodes=1",
                       "--gpus-per-node=2", "--ntasks-per-node=2", "--cpus-per-task=8", "--mem=64GB",
                       "--signal=USR2@120", "--job-name=table2-dwt-seed1", "--mail-type=END",
-                      f"--output={folder}/%j_0_log.out", f"--error={folder}/%j_0_log.err"):
+                      f"--output={submitit_dir}/%j_0_log.out", f"--error={submitit_dir}/%j_0_log.err"):
         assert f"#SBATCH {directive}\n" in script, directive
     assert "module load cuda/12.1" in script
     assert "submitit.core._submit" in script and "export SUBMITIT_EXECUTOR=slurm" in script
@@ -75,11 +75,11 @@ def test_detach_returns_at_once_and_a_later_run_picks_up_the_result(tiny_study, 
     first = cli.invoke(app, ["run", "tiny", "-p", "smoke", "--variants", "a", "--launcher", "slurm", "--detach"])
     assert first.exit_code == 0, first.output
     assert time.time() - start < 10 and "1 submitted" in first.output
-    info = rundir.read(run.work_dir, rundir.RUN_INFO)
-    assert info["launcher"] == "slurm" and info["scheduler"] == "local" and info["job_id"]
+    info = RunInfo.read(run.work_dir)
+    assert info.launcher == "slurm" and info.scheduler == "local" and info.job_id
     # While the job runs, a local `ablate run` leaves it alone, and `ablate status` shows it.
     second = cli.invoke(app, ["run", "tiny", "-p", "smoke", "--variants", "a"])
-    assert second.exit_code == 0 and f"job {info['job_id']} is running" in second.output
+    assert second.exit_code == 0 and f"job {info.job_id} is running" in second.output
     assert "job" in cli.invoke(app, ["status", "tiny", "-p", "smoke"]).output
     # `ablate run` with the same launcher waits for that job instead of submitting another.
     third = cli.invoke(app, ["run", "tiny", "-p", "smoke", "--variants", "a", "--launcher", "slurm"])
@@ -101,16 +101,16 @@ def test_a_preempted_job_requeues_and_resumes_from_its_checkpoint(tiny_study, ti
     outcomes = run_study(study, [run], launcher, data_root_for(study, "smoke", None), detach=True)
     assert outcomes[0].status == "submitted"
     deadline = time.time() + 300
-    while rundir.latest_checkpoint(run.work_dir) is None:
+    while folder.latest_checkpoint(run.work_dir) is None:
         assert time.time() < deadline, "no checkpoint"
         time.sleep(0.2)
     worker_pid = int((run.work_dir / "lock").read_text().split()[0])  # the job's task process
     import os
 
     os.kill(worker_pid, signal.SIGUSR2)  # what Slurm sends before preemption or the time limit
-    (handle,) = [launcher.attach(run, rundir.read(run.work_dir, rundir.RUN_INFO))]
+    (handle,) = [launcher.attach(run, RunInfo.read(run.work_dir))]
     assert handle is not None
-    outcome = LauncherContract.wait(launcher, [handle], timeout=300)[0]
+    outcome = LauncherContract.wait([handle], timeout=300)[0]
     assert outcome.status == "done", outcome
     result = json.loads((run.work_dir / "result.json").read_text())
     starts = [a["start_iter"] for a in result["attempts"]]

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from ablate.errors import LaunchError
-from ablate.launch.local import PoolOptions
+from ablate.launch.pool import PoolOptions
 from ablate.launch.torchrun import TorchrunLauncher
-from ablate.study import Run
+from ablate.runs import WorkRoot
 
 from .contract import LauncherContract
 
@@ -27,9 +27,9 @@ class TestTorchrunLauncher(LauncherContract):
 
 def test_each_process_gets_its_share_of_the_cores(tmp_path, fake_worker):
     launcher = TorchrunLauncher(PoolOptions(gpus_per_run=2, cpus=4))
-    run = Run("s", "p", "v", 0, tmp_path / "v")
+    run = WorkRoot(tmp_path).run("s", "p", "v", 0)
     fake_worker.set(run.work_dir)
-    LauncherContract.wait(launcher, launcher.submit([run]))
+    LauncherContract.wait(launcher.submit([run]))
     assert {c["omp"] for c in fake_worker.calls(run.work_dir)} == {"2"}
 
 
@@ -40,7 +40,7 @@ def test_slots_must_divide_the_pool():
 
 def test_slots_of_k_gpus(tmp_path, fake_worker):
     launcher = TorchrunLauncher(PoolOptions(gpus=4, gpus_per_run=2, gpu_ids=("0", "1", "2", "3")))
-    assert launcher.slots == [("0", "1"), ("2", "3")]
+    assert launcher.pool.slots == [("0", "1"), ("2", "3")]
 
 
 @pytest.mark.slow

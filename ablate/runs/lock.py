@@ -1,14 +1,19 @@
 """Run locks: at most one live process works on a run folder.
 
-Reads and writes ``WORK_DIR/lock``, one line: ``<pid> <host> <token>``. ``ablate run`` takes the
-lock before it launches a run and writes the token into ``run.json``; the worker that trains the
-run finds that token there and adopts the lock (it rewrites the line with its own pid), so the
-lock names the process that actually trains, even after the ``ablate run`` that started it died.
+Reads and writes ``WORK_DIR/lock``, one line: ``<pid> <host> <token> <role> <process id>``.
+``ablate run`` takes the lock (role ``launcher``) before it launches a run and writes the token
+into ``run.json``; the worker that trains the run finds that token there and adopts the lock
+(role ``worker``, its own pid), so the lock names the process that actually trains, even after
+the ``ablate run`` that started it died. A lock held by a launcher means the run waits for its
+worker to start: it is queued.
 
-A holder is *live* when its pid runs on this host; on another host (a Slurm node) we cannot see
-its pid, so there it is live while the worker's heartbeat keeps the file's mtime fresh. A lock
-that is not live is *stale* and may be taken over. Check-and-set happens under ``flock`` on the
-run folder, so two processes never both take one lock.
+A holder is *live* when its process runs on this host: its pid exists, is no zombie, and is the
+same process that took the lock, as told by the boot id and the process start time of
+``/proc`` (the process id field): a pid reused after a reboot or a wrap-around is not the
+holder. On another host (a Slurm node) the pid cannot be seen, so there the holder is live while
+its heartbeat keeps the file's mtime fresh. A lock that is not live is *stale* and may be taken
+over. Check-and-set happens under ``flock`` on the run folder, so two processes never both take
+one lock.
 """
 from __future__ import annotations
 
@@ -25,12 +30,13 @@ from pathlib import Path
 LOCK_FILE = "lock"
 HEARTBEAT_S = 60.0  # how often a worker touches its lock
 STALE_AFTER_S = 600.0  # a lock from another host without a heartbeat for this long is stale
+LAUNCHER, WORKER = "launcher", "worker"
 
 
 class LockHeld(Exception):
     """The run is locked by a live process; ``holder`` says which."""
 
-    def __init__(self, holder: "Holder"):
+    def __init__(self, holder: Holder):
         super().__init__(f"locked by {holder}")
         self.holder = holder
 
@@ -42,11 +48,13 @@ class Holder:
     pid: int
     host: str
     token: str
+    role: str  # LAUNCHER (the run waits for its worker) or WORKER
+    process: str | None  # boot id and start time of the pid; None in locks of older ablate versions
     age_s: float  # seconds since the file was last written or touched
 
     def alive(self) -> bool:
         if self.host == socket.gethostname():
-            return pid_alive(self.pid)
+            return pid_alive(self.pid) and (self.process is None or process_id(self.pid) == self.process)
         return self.age_s < STALE_AFTER_S
 
     def __str__(self) -> str:
@@ -68,6 +76,20 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_id(pid: int) -> str | None:
+    """``<boot id>:<start time>`` of a process: unique for its lifetime, across pid reuse and reboots.
+
+    None where ``/proc`` does not tell (not Linux, or the process is gone).
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        with open(f"/proc/{pid}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22, starttime, after pid and comm
+    except (OSError, IndexError):
+        return None
+    return f"{boot[:8]}:{start}"
+
+
 def live_holder(work_dir: str | os.PathLike) -> Holder | None:
     """The live process that holds a run folder's lock, or None; reads only, takes nothing."""
     holder = RunLock(work_dir, token="").holder()
@@ -85,21 +107,26 @@ class RunLock:
     Args:
         work_dir: the run folder.
         token: names this launch; a process holding the same token may adopt the lock.
+        role: what the taking process does: :data:`LAUNCHER` or :data:`WORKER`.
     """
 
-    def __init__(self, work_dir: str | os.PathLike, token: str):
+    def __init__(self, work_dir: str | os.PathLike, token: str, role: str = WORKER):
         self.work_dir = Path(work_dir)
         self.path = self.work_dir / LOCK_FILE
         self.token = token
+        self.role = role
 
     def holder(self) -> Holder | None:
         """The current holder, or None when there is no (readable) lock."""
         try:
-            text = self.path.read_text().split()
+            fields = self.path.read_text().split()
             age = time.time() - self.path.stat().st_mtime
-            return Holder(int(text[0]), text[1], text[2], age)
+            pid, host, token = int(fields[0]), fields[1], fields[2]
         except (OSError, ValueError, IndexError):
             return None
+        role = fields[3] if len(fields) > 3 else WORKER
+        process = fields[4] if len(fields) > 4 and fields[4] != "-" else None
+        return Holder(pid, host, token, role, process, age)
 
     def acquire(self) -> Holder | None:
         """Take the lock for this process.
@@ -119,7 +146,7 @@ class RunLock:
 
     def release(self) -> None:
         """Remove the lock if it still carries this token."""
-        with self._guard():
+        with contextlib.suppress(OSError), self._guard():
             holder = self.holder()
             if holder is not None and holder.token == self.token:
                 self.path.unlink(missing_ok=True)
@@ -141,8 +168,9 @@ class RunLock:
         return stop
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(f"{os.getpid()} {socket.gethostname()} {self.token}\n")
+        pid = os.getpid()
+        tmp = self.path.with_name(f".{LOCK_FILE}.{pid}.tmp")
+        tmp.write_text(f"{pid} {socket.gethostname()} {self.token} {self.role} {process_id(pid) or '-'}\n")
         os.replace(tmp, self.path)
 
     @contextlib.contextmanager
