@@ -208,27 +208,25 @@ def report(
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
     from ablate import tracking
-    from ablate.collect import add_measurements, collect, measure_variants
+    from ablate.collect import collect
     from ablate.errors import ReportError
     from ablate.report import parse_formats, render_markdown, write_reports
-    from ablate.results import aggregate
+    from ablate.results import summarize
 
     spec, profile = _study_and_profile(study, profile)
     wanted = parse_formats(formats or [])
     log_to_wandb = tracking.enabled(spec, use_wandb)
     if log_to_wandb:
         tracking.require(ReportError)  # before collecting and measuring
-    problems: list[str] = []
-    rows = collect(spec, profile, measure=False, problems=problems)
-    if not problems and not any(r["status"] in ("done", "running", "failed") for r in rows):
-        where = Path(rows[0]["work_dir"]).parents[1] if rows else "work_dirs"
-        resumable = sum(r["iterations"] is not None for r in rows)
-        state = f"{resumable} of {len(rows)} can resume from a checkpoint" if resumable else "none has started"
+    collection = collect(spec, profile, measure=measure)
+    runs, problems = collection.runs, collection.problems
+    if not problems and runs["status"].eq("pending").all():
+        where = Path(runs["work_dir"].iloc[0]).parents[1] if len(runs) else "work_dirs"
+        resumable = int(runs["iterations"].notna().sum())
+        state = f"{resumable} of {len(runs)} can resume from a checkpoint" if resumable else "none has started"
         raise ReportError(f"no finished, running or failed runs of `{spec.name}` (profile `{profile}`) in "
                           f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
-    measurements = measure_variants(spec, profile) if measure else {}
-    add_measurements(rows, measurements)
-    results = aggregate(spec, profile, rows, measurements, problems)
+    results = summarize(spec, profile, runs, collection.measurements, problems)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")
