@@ -213,11 +213,12 @@ def report(
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
     from ablate import tracking
-    from ablate.collect import collect, measure_variants
+    from ablate.collect import collect, measure_variants, with_measurements
     from ablate.errors import ReportError
     from ablate.launch import job_state
     from ablate.report import parse_formats, render_markdown, write_reports
-    from ablate.results import aggregate
+    from ablate.results import summarize
+    from ablate.runs import WorkRoot
 
     spec, profile = _study_and_profile(study, profile)
     wanted = parse_formats(formats or [])
@@ -227,16 +228,15 @@ def report(
     collection = collect(spec, profile, measure=False, job_state=job_state)
     problems = collection.problems
     if not problems and all(s.status.value in ("pending", "queued") for s in collection.states):
-        where = collection.states[0].run.root.profile_dir(spec.name, profile)
+        where = WorkRoot.of(None).profile_dir(spec.name, profile)
         resumable = sum(s.checkpoint is not None for s in collection.states)
         state = (f"{resumable} of {len(collection.states)} can resume from a checkpoint" if resumable
                  else "none has started")
         raise ReportError(f"no finished, running or failed runs of `{spec.name}` (profile `{profile}`) in "
                           f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
-    measurements = measure_variants(spec, profile) if measure else {}
-    rows = collection.runs.assign(params_m=collection.runs.variant.map(lambda v: measurements.get(v, {}).get(
-        "params_m")), gmacs=collection.runs.variant.map(lambda v: measurements.get(v, {}).get("gmacs")))
-    results = aggregate(spec, profile, rows.to_dict("records"), measurements, problems)
+    if measure:
+        collection = with_measurements(collection, measure_variants(spec, profile))
+    results = summarize(spec, profile, collection.runs, collection.measurements, problems)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")

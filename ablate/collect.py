@@ -102,6 +102,14 @@ def collect(
     return Collection(frame, found, measurements, problems)
 
 
+def with_measurements(collection: Collection, measurements: Mapping[str, dict]) -> Collection:
+    """``collection`` with each run's ``params_m`` and ``gmacs`` from its variant's measurement."""
+    runs = collection.runs.copy()
+    for column in ("params_m", "gmacs"):
+        runs[column] = [_measured(measurements.get(v) or {}, column) for v in runs["variant"]]
+    return Collection(runs, collection.states, dict(measurements), collection.problems)
+
+
 def run_row(state: RunState, measurement: Mapping[str, Any]) -> dict[str, Any]:
     """The row of one run: the result's numbers, or those of the evaluations so far."""
     run, result, progress = state.run, state.result, state.progress
@@ -117,7 +125,7 @@ def run_row(state: RunState, measurement: Mapping[str, Any]) -> dict[str, Any]:
         "iterations": state.iteration, "max_iters": state.max_iters,
         "wall_time_s": timing.wall_time_s if timing is not None else None,
         "train_time_s": timing.train_time_s if timing is not None else None,
-        "params_m": measurement.get("params_m"), "gmacs": measurement.get("gmacs"),
+        "params_m": _measured(measurement, "params_m"), "gmacs": _measured(measurement, "gmacs"),
         "error": state.error,
     }
 
@@ -180,6 +188,12 @@ def measure_variants(
         except (ImportError, AblateError) as exc:
             measurements[run.variant] = {"error": _one_line(exc)}
     return measurements
+
+
+def _measured(measurement: Mapping[str, Any], key: str) -> float:
+    """A measured number, NaN where the measurement has none (failed, or not made)."""
+    value = measurement.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def _one_line(exc: BaseException) -> str:

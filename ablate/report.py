@@ -1,29 +1,44 @@
 """Report: :class:`~ablate.results.Results` -> markdown, CSV, LaTeX and JSON tables and a plot.
 
 Reads nothing from disk; writes ``<out>/<study>/<profile>.{md,csv,tex,json,png}`` when asked
-(:func:`write_reports`, each file atomically). Markdown and LaTeX show rounded numbers: mIoU in
-percent with 2 decimals (``mean ± std (n=k)`` with two or more seeds), Params in M with 2 decimals
-(deltas 3), FLOPs in G MACs with 2 decimals. CSV and JSON keep every number unrounded, for
-machines. Every format opens with the profile label and states the conventions, above all how
-FLOPs are counted, because the paper's counter and ours differ.
+(:func:`write_reports`, each file atomically). Every format renders from the Results' frames:
+
+- Markdown and LaTeX show :func:`cells`, a frame of display strings: mIoU in percent with 2
+  decimals (``mean ± std (n=k)`` with two or more seeds), Params in M with 2 decimals (deltas 3),
+  FLOPs in G MACs with 2 decimals. Both open with the profile label and state the conventions,
+  above all how FLOPs are counted, because the paper's counter and ours differ.
+- CSV is :func:`csv_frame` through ``DataFrame.to_csv``: one header row (``variant`` and the
+  columns of ``Results.variants``), one row per variant, numbers rounded as the tables show them
+  (p-values to 3 significant digits), so that ``pandas.read_csv`` and spreadsheets read it as is.
+  It carries no prose: the profile label and the conventions are in the Markdown and the JSON.
+- JSON is :meth:`Results.to_dict`: every number unrounded, with label, conventions, notes, problems,
+  variants and runs.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from ablate.errors import ReportError, one_of
 from ablate.io import atomic_write
-from ablate.results import ALPHA, MARKER, Results
+from ablate.results import ALPHA, FLOPS, MARKER, MIOU, PARAMS, MiouColumns, Results
 
 FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex", "json": ".json", "png": ".png"}
 # The tables; the plot on request (`png`, `all`): matplotlib's import alone takes longer than the rest.
 DEFAULT_FORMATS = ["md", "csv", "latex", "json"]
 DASH = "\u2014"  # a cell with no number
+# Decimals of the CSV's numbers: those the tables print (the paper's deltas as the paper prints them).
+CSV_DECIMALS = {
+    **{column: 2 for cols in MIOU.values() for column in (cols.mean, cols.std, cols.delta)},
+    "paper_miou": 2, "miou_vs_paper": 2,
+    PARAMS.ours: 2, PARAMS.delta: 3, PARAMS.paper: 2, PARAMS.paper_delta: 2, PARAMS.vs_paper: 3,
+    FLOPS.ours: 2, FLOPS.delta: 2, FLOPS.paper: 2, FLOPS.paper_delta: 2, FLOPS.vs_paper: 2,
+}
+P_DIGITS = 3  # significant digits of a p-value in the CSV (the tables show only the marker)
 
 
 def parse_formats(names: list[str]) -> list[str]:
@@ -61,41 +76,36 @@ def write_reports(results: Results, out_dir: str | os.PathLike, formats: list[st
 
 def headers(results: Results) -> list[str]:
     """Column titles of the human-readable table (markdown and LaTeX)."""
-    first, other = (results.compare_miou, "last" if results.compare_miou == "best" else "best")
-    return ["variant", f"mIoU ({first})", "\u0394 base", "paper", "\u0394 paper", f"mIoU ({other})",
+    return ["variant", f"mIoU ({results.compare_miou})", "\u0394 base", "paper", "\u0394 paper",
+            f"mIoU ({'last' if results.compare_miou == 'best' else 'best'})",
             "Params (M)", "\u0394 base", "paper", "FLOPs (G)", "\u0394 base", "paper", "status"]
 
 
-def cells(results: Results) -> list[list[str]]:
-    """One row of display strings per variant, in the order of :func:`headers` (unescaped unicode)."""
-    first = f"miou_{results.compare_miou}"
-    other = "miou_last" if results.compare_miou == "best" else "miou_best"
-    out = []
-    for rec in results.records():
-        base = rec["is_baseline"]
-        delta = DASH if base else _signed(rec[f"{first}_delta"], 2)
-        p = rec[f"{first}_p"]
-        if p is not None and p < ALPHA:
-            delta += MARKER
-        vs_paper = _signed(rec["miou_vs_paper"], 2)
-        if rec["verdict"] == "within noise":
-            vs_paper += " (within noise)"
-        out.append([
-            rec["label"],
-            _mean(rec, first), delta, _num(rec["paper_miou"], 2), vs_paper,
-            _mean(rec, other),
-            _num(rec["params_m"], 2), DASH if base else _signed(rec["params_m_delta"], 3),
-            _num(rec["paper_params_m"], 2) if base else _signed(rec["paper_params_m_delta"], 2),
-            _num(rec["gmacs"], 2), DASH if base else _signed(rec["gmacs_delta"], 2),
-            _num(rec["paper_gmacs"], 2) if base else _signed(rec["paper_gmacs_delta"], 2),
-            rec["status"],
-        ])
-    return out
+def cells(results: Results) -> pd.DataFrame:
+    """The human-readable table: display strings (unescaped unicode), one row per variant.
+
+    Its columns are :func:`headers`, some of which repeat ("paper"): read it by position.
+    """
+    v, first, base = results.variants, results.compared, results.variants["is_baseline"]
+    delta = _signed(v[first.delta], 2).mask(base, DASH)
+    delta = delta.mask(v[first.p].lt(ALPHA), delta + MARKER)
+    vs_paper = _signed(v["miou_vs_paper"], 2)
+    vs_paper = vs_paper.mask(v["verdict"].eq("within noise"), vs_paper + " (within noise)")
+    columns = [
+        v["label"], _mean(v, first), delta, _num(v["paper_miou"], 2), vs_paper, _mean(v, results.other),
+        # the paper prints Params and FLOPs of non-baseline rows as deltas to its baseline
+        _num(v[PARAMS.ours], 2), _signed(v[PARAMS.delta], 3).mask(base, DASH),
+        _num(v[PARAMS.paper], 2).where(base, _signed(v[PARAMS.paper_delta], 2)),
+        _num(v[FLOPS.ours], 2), _signed(v[FLOPS.delta], 2).mask(base, DASH),
+        _num(v[FLOPS.paper], 2).where(base, _signed(v[FLOPS.paper_delta], 2)),
+        v["status"],
+    ]
+    return pd.concat(columns, axis=1).set_axis(headers(results), axis=1)
 
 
 def lead(results: Results) -> list[str]:
-    """The lines every format prints above its table: profile label first, then the baseline."""
-    base_label = next(rec["label"] for rec in results.variants if rec["variant"] == results.baseline)
+    """The lines the markdown and LaTeX print above their table: profile label first, then the baseline."""
+    base_label = results.variants.at[results.baseline, "label"]
     return [
         results.profile_label,
         f"Baseline: {base_label} (`{results.baseline}`). Compared mIoU: the {results.compare_miou} "
@@ -113,24 +123,29 @@ def footer(results: Results) -> list[tuple[str, list[str]]]:
     return sections
 
 
-def _mean(rec: dict, prefix: str) -> str:
-    mean, std, n = rec[f"{prefix}_mean"], rec[f"{prefix}_std"], rec[f"{prefix}_n"]
-    if mean is None:
-        return DASH
-    if n >= 2 and std is not None:
-        return f"{mean:.2f} \u00b1 {std:.2f} (n={n})"
-    return f"{mean:.2f}"
+def _mean(v: pd.DataFrame, cols: MiouColumns) -> pd.Series:
+    """``mean ± std (n=k)`` with two or more seeds, the mean alone with one, a dash with none."""
+    def text(mean, std, n):
+        if pd.isna(mean):
+            return DASH
+        return f"{mean:.2f} \u00b1 {std:.2f} (n={n})" if n >= 2 and not pd.isna(std) else f"{mean:.2f}"
+
+    return pd.Series([text(*row) for row in v[[cols.mean, cols.std, cols.n]].itertuples(index=False)],
+                     index=v.index, dtype=object)
 
 
-def _num(value, decimals: int) -> str:
-    return DASH if value is None else f"{value:.{decimals}f}"
+def _num(values: pd.Series, decimals: int) -> pd.Series:
+    return values.map(lambda x: DASH if pd.isna(x) else f"{x:.{decimals}f}").astype(object)
 
 
-def _signed(value, decimals: int) -> str:
-    if value is None:
-        return DASH
-    text = f"{value:+.{decimals}f}"
-    return "+" + text[1:] if float(text) == 0 else text  # no "-0.00"
+def _signed(values: pd.Series, decimals: int) -> pd.Series:
+    def text(x):
+        if pd.isna(x):
+            return DASH
+        signed = f"{x:+.{decimals}f}"
+        return "+" + signed[1:] if float(signed) == 0 else signed  # no "-0.00"
+
+    return values.map(text).astype(object)
 
 
 # --------------------------------------------------------------------------- formats
@@ -140,30 +155,35 @@ def render_markdown(results: Results) -> str:
     """A GitHub-flavoured markdown report: label, table, conventions, notes."""
     label, baseline = lead(results)
     lines = [f"# {_md(results.title)}", "", f"> **{_md(label)}**", "", _md(baseline), ""]
-    head = headers(results)
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 2) + [":---"]) + "|")
-    lines.extend("| " + " | ".join(_md(c) for c in row) + " |" for row in cells(results))
+    table = cells(results)
+    lines.append("| " + " | ".join(table.columns) + " |")
+    lines.append("|" + "|".join([":---"] + ["---:"] * (table.shape[1] - 2) + [":---"]) + "|")
+    lines.extend("| " + " | ".join(_md(c) for c in row) + " |" for row in table.itertuples(index=False, name=None))
     for title, items in footer(results):
         lines += ["", f"**{title}**", ""] + [f"- {_md(item)}" for item in items]
     return "\n".join(lines) + "\n"
 
 
-def render_csv(results: Results) -> str:
-    """One row per variant with every number unrounded; ``#`` lines on top carry label and conventions.
+def csv_frame(results: Results) -> pd.DataFrame:
+    """``Results.variants`` as the CSV holds it: numbers rounded as the tables print them, seeds as ``0;1``."""
+    out = results.variants.copy()
+    for column, decimals in CSV_DECIMALS.items():
+        out[column] = _rounded(out[column], decimals)
+    for cols in MIOU.values():  # a p-value's size matters, not its decimals: 0.0303, 1.2e-05
+        out[cols.p] = out[cols.p].map(lambda p: float(f"{p:.{P_DIGITS}g}"))
+    out["seeds_done"] = out["seeds_done"].map(lambda seeds: ";".join(map(str, seeds)))
+    return out
 
-    Read it back with ``pandas.read_csv(path, comment="#")`` or by skipping lines starting with ``#``.
-    """
-    buffer = io.StringIO()
-    for line in lead(results) + [f"{k}: {v}" for k, v in results.conventions.items()]:
-        buffer.write(f"# {line}\n")
-    columns, rows = results.table()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if v is None else ";".join(map(str, v)) if isinstance(v, list) else repr(v)
-                         if isinstance(v, float) else v for v in row])
-    return buffer.getvalue()
+
+def _rounded(values: pd.Series, decimals: int) -> pd.Series:
+    # through the same formatting as the tables: DataFrame.round scales and rounds in binary, and can
+    # differ from the printed number (1.115 -> 1.12 there, "1.11" printed); + 0.0 turns -0.0 into 0.0
+    return values.map(lambda x: float(f"{x:.{decimals}f}") + 0.0)
+
+
+def render_csv(results: Results) -> str:
+    """One header row and one row per variant (:func:`csv_frame`); ``pandas.read_csv`` reads it back."""
+    return csv_frame(results).to_csv(lineterminator="\n")
 
 
 def render_json(results: Results) -> str:
@@ -174,10 +194,10 @@ def render_json(results: Results) -> str:
 def render_latex(results: Results) -> str:
     """A booktabs ``table`` (needs ``\\usepackage{booktabs}``), every text cell escaped."""
     label, baseline = lead(results)
-    head = headers(results)
-    spec = "l" + "r" * (len(head) - 2) + "l"
+    table = cells(results)
+    spec = "l" + "r" * (table.shape[1] - 2) + "l"
     lines = [
-        f"% {results.title} ({results.profile} profile), written by `ablate report`; needs booktabs",
+        f"% {results.title} ({results.profile} profile), written by `ablate report`; needs \\usepackage{{booktabs}}",
         "\\begin{table}[t]",
         "\\centering",
         "\\small",
@@ -185,10 +205,11 @@ def render_latex(results: Results) -> str:
         f"\\label{{tab:{_label_key(results.study)}-{_label_key(results.profile)}}}",
         f"\\begin{{tabular}}{{{spec}}}",
         "\\toprule",
-        " & ".join(latex_escape(h) for h in head) + " \\\\",
+        " & ".join(latex_escape(h) for h in table.columns) + " \\\\",
         "\\midrule",
     ]
-    lines.extend(" & ".join(latex_escape(c) for c in row) + " \\\\" for row in cells(results))
+    lines.extend(" & ".join(latex_escape(c) for c in row) + " \\\\"
+                 for row in table.itertuples(index=False, name=None))
     lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize", latex_escape(baseline)]
     for title, items in footer(results):
         lines.append(f"\\par\\textbf{{{latex_escape(title)}.}}")
@@ -235,7 +256,7 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
     # fixed margins: a layout engine would draw the figure twice, and plotting must stay fast
     fig.subplots_adjust(left=0.09, right=0.97, bottom=0.11, top=0.88)
     ax = fig.add_subplot()
-    prefix = f"miou_{results.compare_miou}"
+    compared = results.compared
     paper, ours, labels = [], [], []  # (x, y, color), (x, y, std, color), (text, (x, y), color)
     for i, rec in enumerate(results.records()):
         color = f"C{i % 10}"
@@ -243,9 +264,9 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
         if rec["paper_gmacs"] is not None and rec["paper_miou"] is not None:
             label_at = (rec["paper_gmacs"], rec["paper_miou"])
             paper.append((*label_at, color))
-        if rec["gmacs"] is not None and rec[f"{prefix}_mean"] is not None:
-            label_at = (rec["gmacs"], rec[f"{prefix}_mean"])
-            ours.append((*label_at, rec[f"{prefix}_std"] or 0.0, color))
+        if rec["gmacs"] is not None and rec[compared.mean] is not None:
+            label_at = (rec["gmacs"], rec[compared.mean])
+            ours.append((*label_at, rec[compared.std] or 0.0, color))
         if label_at is not None:  # ours when measured, else the paper's point
             labels.append((rec["label"], label_at, color))
     if labels:  # right of the point, or left of it in the right part of the plot (not cut off)

@@ -1,78 +1,164 @@
-"""Results: collected rows -> one row per variant, the numbers every report format shows.
+"""Results: one row per run -> one row per variant, the numbers every report format shows.
 
-Reads the rows of :func:`ablate.collect.collect` and the study (baseline, paper numbers, which mIoU
-the comparison uses) and returns :class:`Results`: one dict of unrounded numbers per variant, the
-notes and conventions a reader needs, and the problems met on the way. Writes nothing; rounding and
-symbols belong to :mod:`ablate.report`.
+Reads the runs frame of :func:`ablate.collect.collect` (one row per run; :func:`frame` is the
+notebook way to get it) and the study (baseline, paper numbers, which mIoU the comparison uses);
+:func:`summarize` returns :class:`Results`. Writes nothing; rounding and symbols belong to
+:mod:`ablate.report`. In a notebook::
 
-Per variant, over its finished seeds: mean, std (ddof=1) and n of mIoU (best and last evaluation);
-the difference of means to the baseline variant; with two or more seeds finished by both, a paired
+    runs = frame("table2", "paper")
+    results = summarize("table2", "paper", runs)
+    results.variants.loc["dwt", "miou_best_delta"]
+
+Per variant, over its runs that count (``done``; also ``stale`` ones, whose config changed since
+they ran, with ``include_stale``): mean, std (ddof=1) and n of mIoU (best and last evaluation); the
+difference of means to the baseline variant; with two or more seeds counted for both, a paired
 t-test against the baseline over those seeds (``scipy.stats.ttest_rel``); the paper's value and our
 difference to it, with a verdict ("within noise" when it is at most two of our standard deviations,
 else the signed difference); Params and FLOPs with their deltas to the baseline, beside the paper's.
 Variants with no finished run stay in the table with their status.
 
-Plain Python throughout (no pandas, no numpy): a report is a handful of rows, and ``ablate report``
-should not spend its time importing. scipy is imported only for a paired t-test.
+``Results.variants`` is indexed by ``variant`` in study order, with these columns (NaN where there
+is no number; the CSV and the JSON's ``variants`` have the same names):
+
+=====================  ===========================================================================
+label                  the variant's label in the study
+is_baseline            whether it is the study's baseline
+status                 ``done``, ``pending``, ... when all its runs agree, else e.g. ``2 done, 1 failed``
+runs                   its number of runs
+n_done ... n_pending   its runs per status: ``n_done``, ``n_running``, ``n_queued``, ``n_failed``,
+                       ``n_stale``, ``n_pending``
+seeds_done             the seeds counted in the statistics, ascending (a list)
+miou_best_mean         mean of the best evaluation's mIoU over the counted seeds (percent)
+miou_best_std          its sample standard deviation (ddof=1); NaN with one seed
+miou_best_n            the number of counted seeds
+miou_best_delta        ``miou_best_mean`` minus the baseline's; NaN for the baseline
+miou_best_p            two-sided p of the paired t-test against the baseline; NaN with under 2 pairs
+                       or when every difference is the same
+miou_best_paired_n     the seeds counted for both this variant and the baseline
+miou_last_...          the same six for the last evaluation
+paper_miou             the paper's mIoU
+miou_vs_paper          our mean of the compared mIoU (``compare_miou``) minus the paper's
+verdict                ``within noise``, else the signed ``miou_vs_paper`` (with ``(n=1)`` for one seed)
+params_m               Params in millions (one measurement per variant: the seed does not change it)
+params_m_delta         ``params_m`` minus the baseline's
+paper_params_m         the paper's Params
+paper_params_m_delta   the paper's Params minus the paper's baseline's
+params_m_vs_paper      ``params_m`` minus the paper's
+gmacs ...              the same five for FLOPs in G MACs: ``gmacs``, ``gmacs_delta``, ``paper_gmacs``,
+                       ``paper_gmacs_delta``, ``gmacs_vs_paper``
+=====================  ===========================================================================
+
+Read sites name these columns through :data:`MIOU` (per mIoU kind), :data:`PARAMS` and :data:`FLOPS`
+(Results.compared gives the compared kind's), never by formatting strings. scipy is imported only for
+a paired t-test, so a one-seed report does not pay for it.
 """
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import warnings
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ablate.study import Study
+import pandas as pd
+
+from ablate.study import Study, load_study
 
 ALPHA = 0.05  # a paired t-test below this marks the delta to the baseline
 MARKER = "\u2020"  # dagger
-MIOU_KINDS = ("best", "last")
-_STATUS_ORDER = ("done", "running", "failed", "pending")
-# The columns of Results.variants (and of the CSV, the JSON's "variants" and Results.table()), in order:
-# identity and status; mIoU best and last (mean, std, n, delta to the baseline, paired-test p, pairs);
-# the paper's mIoU and ours against it; Params and FLOPs, ours and the paper's, with deltas.
+# Run statuses in the order the `status` column lists mixed counts, with their count columns.
+STATUS_COUNTS = {"done": "n_done", "running": "n_running", "queued": "n_queued", "failed": "n_failed",
+                 "stale": "n_stale", "pending": "n_pending"}
+# The columns of the runs frame this module reads (collect's frame has these and more).
+REQUIRED_RUN_COLUMNS = ("profile", "variant", "seed", "status", "miou_best", "miou_last", "max_iters",
+                        "params_m", "gmacs", "error")
+_RUN_NUMBERS = ("miou_best", "miou_last", "max_iters", "params_m", "gmacs")
+
+
+@dataclass(frozen=True)
+class MiouColumns:
+    """The variants-frame columns of one mIoU kind, and the runs-frame column they come from."""
+
+    run: str
+    mean: str
+    std: str
+    n: str
+    delta: str
+    p: str
+    paired_n: str
+
+
+@dataclass(frozen=True)
+class CostColumns:
+    """The variants-frame columns of Params or FLOPs, and the runs-frame and paper keys they come from."""
+
+    ours: str  # also the runs frame's column
+    delta: str
+    paper: str
+    paper_delta: str
+    vs_paper: str
+    paper_key: str  # the study's `paper:` key
+
+
+MIOU = {
+    "best": MiouColumns("miou_best", "miou_best_mean", "miou_best_std", "miou_best_n", "miou_best_delta",
+                        "miou_best_p", "miou_best_paired_n"),
+    "last": MiouColumns("miou_last", "miou_last_mean", "miou_last_std", "miou_last_n", "miou_last_delta",
+                        "miou_last_p", "miou_last_paired_n"),
+}
+PARAMS = CostColumns("params_m", "params_m_delta", "paper_params_m", "paper_params_m_delta",
+                     "params_m_vs_paper", "Params")
+FLOPS = CostColumns("gmacs", "gmacs_delta", "paper_gmacs", "paper_gmacs_delta", "gmacs_vs_paper", "FLOPs")
+# The columns of Results.variants, in order (the module docstring says what each holds).
 VARIANT_COLUMNS = (
-    "variant", "label", "is_baseline", "status", "runs", *(f"n_{s}" for s in _STATUS_ORDER), "seeds_done",
-    *(f"miou_{k}_{s}" for k in MIOU_KINDS for s in ("mean", "std", "n", "delta", "p", "paired_n")),
+    "label", "is_baseline", "status", "runs", *STATUS_COUNTS.values(), "seeds_done",
+    "miou_best_mean", "miou_best_std", "miou_best_n", "miou_best_delta", "miou_best_p", "miou_best_paired_n",
+    "miou_last_mean", "miou_last_std", "miou_last_n", "miou_last_delta", "miou_last_p", "miou_last_paired_n",
     "paper_miou", "miou_vs_paper", "verdict",
-    *(f"{p}{k}{s}" for k in ("params_m", "gmacs")
-      for p, s in (("", ""), ("", "_delta"), ("paper_", ""), ("paper_", "_delta"), ("", "_vs_paper"))),
+    "params_m", "params_m_delta", "paper_params_m", "paper_params_m_delta", "params_m_vs_paper",
+    "gmacs", "gmacs_delta", "paper_gmacs", "paper_gmacs_delta", "gmacs_vs_paper",
 )
 
 
 @dataclass
 class Results:
-    """Everything a report shows, unrounded.
-
-    ``variants`` is one dict per variant, in study order, with the keys of :data:`VARIANT_COLUMNS`
-    in that order and plain Python values (None for missing).
-    """
+    """Everything a report shows, unrounded: the per-variant frame, the runs it came from, and prose."""
 
     study: str
     title: str
     profile: str
     profile_label: str
     comparable: bool  # whether the profile is the paper's schedule on real data
+    include_stale: bool  # whether stale runs are counted
     baseline: str
     compare_miou: str  # "best" or "last": which mIoU is compared with the baseline and the paper
     input_shape: tuple[int, int, int]
-    variants: list[dict[str, Any]]
-    runs: list[dict]
+    variants: pd.DataFrame  # indexed by variant, study order, columns VARIANT_COLUMNS
+    runs: pd.DataFrame  # the runs frame summarized, as given
     measurements: dict[str, dict]
     conventions: dict[str, str]
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def compared(self) -> MiouColumns:
+        """The columns of the mIoU compared with the baseline and the paper."""
+        return MIOU[self.compare_miou]
+
+    @property
+    def other(self) -> MiouColumns:
+        """The columns of the mIoU shown beside it."""
+        return MIOU["last" if self.compare_miou == "best" else "best"]
+
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Columns and rows of plain Python values (None for missing), as ``wandb.Table`` takes them."""
-        columns = list(VARIANT_COLUMNS)
+        columns = ["variant", *VARIANT_COLUMNS]
         return columns, [[record[c] for c in columns] for record in self.records()]
 
     def records(self) -> list[dict[str, Any]]:
-        """The variant rows as JSON-ready dicts (copies; NaN -> None)."""
-        return [{k: _plain(v) for k, v in row.items()} for row in self.variants]
+        """The variant rows as JSON-ready dicts, ``variant`` first (NaN -> None)."""
+        return [_plain(row) for row in self.variants.reset_index().to_dict("records")]
 
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable report: every number unrounded, with conventions and notes."""
@@ -82,6 +168,7 @@ class Results:
             "profile": self.profile,
             "profile_label": self.profile_label,
             "comparable_to_paper": self.comparable,
+            "include_stale": self.include_stale,
             "baseline": self.baseline,
             "compare_miou": self.compare_miou,
             "input_shape": list(self.input_shape),
@@ -90,102 +177,158 @@ class Results:
             "notes": list(self.notes),
             "problems": list(self.problems),
             "variants": self.records(),
-            "runs": [{k: _plain(v) for k, v in row.items()} for row in self.runs],
-            "measurements": {k: _plain(v) for k, v in self.measurements.items()},
+            "runs": [_plain(row) for row in self.runs.to_dict("records")],
+            "measurements": _plain(self.measurements),
         }
 
 
-def aggregate(
-    study: Study,
+def frame(
+    study: Study | str,
     profile: str,
-    rows: list[dict],
-    measurements: dict[str, dict] | None = None,
-    problems: list[str] | None = None,
-) -> Results:
-    """Aggregate collected rows per variant and compare them with the baseline and the paper.
+    work_root: str | os.PathLike | None = None,
+    measure: bool = True,
+) -> pd.DataFrame:
+    """The runs of one profile as collected from their folders: one row per run, in study order.
 
     Args:
-        study: the loaded study (baseline, paper numbers, ``compare_miou``).
-        profile: the profile the rows belong to.
-        rows: :func:`ablate.collect.collect` rows (runs of other profiles are an error).
-        measurements: ``{variant: measurement}`` for notes on uncounted operators and failures.
-        problems: lines about runs that could not be read (corrupt result.json), kept for the report.
+        study: a study name or path (found as ``ablate`` finds it) or a loaded :class:`Study`.
+        profile: a profile name of the study.
+        work_root: root of the run folders; default ``$ABLATE_WORK_DIR`` or ``work_dirs``.
+        measure: whether to fill Params and FLOPs (needs torch and mmseg; cached by model).
     """
-    measurements = dict(measurements or {})
-    profiles = {row["profile"] for row in rows}
-    if profiles - {profile}:
-        raise ValueError(f"rows of profiles {sorted(profiles)} given for profile `{profile}`")
-    done = [row for row in rows if row["status"] == "done"]
-    scores = {kind: _scores(done, f"miou_{kind}") for kind in MIOU_KINDS}
-    variants = [_variant_record(study, name, [row for row in rows if row["variant"] == name], scores, measurements)
-                for name in study.variants]
-    base_rec = next(rec for rec in variants if rec["variant"] == study.baseline)
-    for rec in variants:
-        for key in ("params_m", "gmacs", "paper_params_m", "paper_gmacs"):
-            rec[f"{key}_delta"] = _minus(rec[key], base_rec[key])
-        for key in ("params_m", "gmacs"):
-            rec[f"{key}_vs_paper"] = _minus(rec[key], rec[f"paper_{key}"])
-    variants = [{column: rec[column] for column in VARIANT_COLUMNS} for rec in variants]
+    from ablate.collect import collect  # lazy: collect reads run locks through ablate.launch
 
+    study = _study(study)
+    study.profile(profile)  # an unknown profile is a StudyError naming the choices
+    return collect(study, profile, work_root=work_root, measure=measure).runs
+
+
+def summarize(
+    study: Study | str,
+    profile: str,
+    runs: pd.DataFrame,
+    measurements: dict[str, dict] | None = None,
+    problems: list[str] | None = None,
+    include_stale: bool = False,
+) -> Results:
+    """Aggregate a profile's runs per variant and compare them with the baseline and the paper.
+
+    Args:
+        study: a study name or path, or the loaded :class:`Study` (baseline, paper, ``compare_miou``).
+        profile: the profile the runs belong to (runs of another profile are a ValueError).
+        runs: one row per run with at least :data:`REQUIRED_RUN_COLUMNS` (:func:`frame`, or built by hand).
+        measurements: ``{variant: measurement}`` for Params/FLOPs missing from ``runs`` and for notes
+            on uncounted operators and failed measurements.
+        problems: lines about runs that could not be read, kept for the report.
+        include_stale: count ``stale`` runs (config changed since they ran) as if done.
+    """
+    study = _study(study)
     spec = study.profile(profile)
+    given, runs = runs, _checked_runs(runs, profile)
+    measurements = dict(measurements or {})
+    counted = runs[runs["status"].isin(["done", "stale"] if include_stale else ["done"])]
+    names = pd.Index(list(study.variants), name="variant")
+
+    variants = pd.DataFrame({"label": [study.variant(name).label for name in names],
+                             "is_baseline": names == study.baseline}, index=names)
+    variants = variants.join(_run_counts(runs, counted, names))
+    for cols in MIOU.values():
+        variants = variants.join(_miou_stats(counted, cols, names, study.baseline))
+    compared = MIOU[study.compare_miou]
+    variants["paper_miou"] = _paper(study, names, "mIoU")
+    variants["miou_vs_paper"] = variants[compared.mean] - variants["paper_miou"]
+    variants["verdict"] = [verdict(d, s, n) for d, s, n in
+                           variants[["miou_vs_paper", compared.std, compared.n]].itertuples(index=False)]
+    for cost in (PARAMS, FLOPS):
+        variants = variants.join(_cost_stats(study, runs, measurements, names, cost))
+    variants = variants[list(VARIANT_COLUMNS)]
+
     comparable = spec.data != "synthetic" and not spec.overrides
-    label = profile_label(study, profile, rows, comparable)
     return Results(
-        study=study.name, title=study.title, profile=profile, profile_label=label, comparable=comparable,
-        baseline=study.baseline, compare_miou=study.compare_miou, input_shape=tuple(study.input_shape),
-        variants=variants, runs=[dict(r) for r in rows], measurements=measurements,
-        conventions=conventions(study), notes=_notes(variants, rows, measurements, study),
+        study=study.name, title=study.title, profile=profile,
+        profile_label=profile_label(study, profile, runs, comparable), comparable=comparable,
+        include_stale=include_stale, baseline=study.baseline, compare_miou=study.compare_miou,
+        input_shape=tuple(study.input_shape), variants=variants, runs=given, measurements=measurements,
+        conventions=conventions(study), notes=_notes(study, runs, variants, measurements, include_stale),
         problems=list(problems or []),
     )
 
 
-def _scores(done: list[dict], key: str) -> dict[str, dict[int, float]]:
-    """``{variant: {seed: row[key]}}`` of the finished runs with a number there, seeds ascending."""
-    scores: dict[str, dict[int, float]] = {}
-    for row in sorted(done, key=lambda r: r["seed"]):
-        if not _missing(row.get(key)):
-            scores.setdefault(row["variant"], {}).setdefault(row["seed"], float(row[key]))
-    return scores
+def _checked_runs(runs: pd.DataFrame, profile: str) -> pd.DataFrame:
+    """A copy of ``runs`` with float numbers and int seeds; ValueError for what cannot be summarized."""
+    missing = [c for c in REQUIRED_RUN_COLUMNS if c not in runs.columns]
+    if missing:
+        raise ValueError(f"the runs frame has no column {', '.join(missing)}")
+    unknown = set(runs["status"]) - set(STATUS_COUNTS)
+    if unknown:
+        raise ValueError(f"unknown run status {', '.join(sorted(unknown))}; known: {', '.join(STATUS_COUNTS)}")
+    profiles = set(runs["profile"])
+    if profiles - {profile}:
+        raise ValueError(f"runs of profiles {sorted(profiles)} given for profile `{profile}`")
+    twice = runs[runs.duplicated(["variant", "seed"])]
+    if len(twice):
+        listed = ", ".join(f"{v}/seed{s}" for v, s in twice[["variant", "seed"]].itertuples(index=False))
+        raise ValueError(f"runs listed twice: {listed}")
+    return runs.astype({"seed": int, **dict.fromkeys(_RUN_NUMBERS, float)})
 
 
-def _variant_record(study: Study, name: str, runs: list[dict], scores: dict[str, dict[str, dict[int, float]]],
-                    measurements: dict) -> dict[str, Any]:
-    """One variant's row before the Params/FLOPs deltas: status counts, mIoU statistics, the paper."""
-    variant, base = study.variant(name), study.baseline
-    counts = Counter(row["status"] for row in runs)
-    rec: dict[str, Any] = {
-        "variant": name, "label": variant.label, "is_baseline": name == base, "status": _status(counts),
-        "runs": len(runs), **{f"n_{s}": counts.get(s, 0) for s in _STATUS_ORDER},
-        "seeds_done": sorted(int(row["seed"]) for row in runs if row["status"] == "done"),
-    }
-    for kind in MIOU_KINDS:
-        rec.update(_miou_stats(scores[kind], name, base, prefix=f"miou_{kind}"))
-    compared = f"miou_{study.compare_miou}"
-    rec["paper_miou"] = variant.paper.get("mIoU")
-    rec["miou_vs_paper"] = _minus(rec[f"{compared}_mean"], rec["paper_miou"])
-    rec["verdict"] = verdict(rec["miou_vs_paper"], rec[f"{compared}_std"], rec[f"{compared}_n"])
-    for key, metric in (("params_m", "Params"), ("gmacs", "FLOPs")):
-        # the same model for every seed: any row's measurement will do
-        values = [row.get(key) for row in runs if not _missing(row.get(key))]
-        rec[key] = float(values[0]) if values else _measured(measurements, name, key)
-        rec[f"paper_{key}"] = variant.paper.get(metric)
-    return rec
+def _run_counts(runs: pd.DataFrame, counted: pd.DataFrame, names: pd.Index) -> pd.DataFrame:
+    """Per variant: its runs per status, their total, the status in words, and the counted seeds."""
+    counts = (pd.crosstab(runs["variant"], runs["status"])
+              .reindex(index=names, columns=list(STATUS_COUNTS), fill_value=0))
+    out = counts.set_axis(list(STATUS_COUNTS.values()), axis=1)
+    out["status"] = [_status(row) for row in counts.to_dict("records")]
+    out["runs"] = counts.sum(axis=1)
+    seeds = counted.groupby("variant")["seed"].agg(lambda s: sorted(int(x) for x in s))
+    out["seeds_done"] = [seeds.get(name, []) for name in names]
+    return out
 
 
-def _miou_stats(scores: dict[str, dict[int, float]], name: str, base: str, prefix: str) -> dict[str, Any]:
-    """mean, std (ddof=1), n, delta to the baseline's mean and the paired t-test for one variant."""
-    mine, theirs = scores.get(name, {}), scores.get(base, {})
-    n = len(mine)
-    stats = {f"{prefix}_mean": statistics.fmean(mine.values()) if n else None,
-             f"{prefix}_std": statistics.stdev(mine.values()) if n >= 2 else None,
-             f"{prefix}_n": n, f"{prefix}_delta": None, f"{prefix}_p": None, f"{prefix}_paired_n": 0}
-    if name != base:
-        base_mean = statistics.fmean(theirs.values()) if theirs else None
-        stats[f"{prefix}_delta"] = _minus(stats[f"{prefix}_mean"], base_mean)
-        common = [seed for seed in mine if seed in theirs]
-        stats[f"{prefix}_paired_n"] = len(common)
-        stats[f"{prefix}_p"] = paired_p([mine[s] for s in common], [theirs[s] for s in common])
+def _miou_stats(counted: pd.DataFrame, cols: MiouColumns, names: pd.Index, base: str) -> pd.DataFrame:
+    """mean, std (ddof=1), n, delta to the baseline's mean and the paired t-test, one row per variant."""
+    scores = counted.dropna(subset=[cols.run])
+    stats = (scores.groupby("variant")[cols.run]
+             .agg([statistics.fmean, _stdev, "count"])  # fmean/stdev: exactly rounded, as a hand check
+             .set_axis([cols.mean, cols.std, cols.n], axis=1)
+             .reindex(names))
+    stats[cols.n] = stats[cols.n].fillna(0).astype(int)
+    stats[cols.delta] = (stats[cols.mean] - stats.at[base, cols.mean]).where(names != base)
+    by_seed = scores.pivot(index="seed", columns="variant", values=cols.run)  # seeds ascending
+    paired = [_paired(by_seed, name, base) for name in names]
+    stats[cols.p] = pd.Series([p for _, p in paired], index=names, dtype=float)  # None (no test) -> NaN
+    stats[cols.paired_n] = [n for n, _ in paired]
     return stats
+
+
+def _paired(by_seed: pd.DataFrame, name: str, base: str) -> tuple[int, float | None]:
+    """The seeds both ``name`` and the baseline have a score for, and the paired test over them."""
+    if name == base or name not in by_seed or base not in by_seed:
+        return 0, None
+    pairs = by_seed[[name, base]].dropna()
+    return len(pairs), paired_p(pairs[name].tolist(), pairs[base].tolist())
+
+
+def _cost_stats(study: Study, runs: pd.DataFrame, measurements: dict, names: pd.Index,
+                cost: CostColumns) -> pd.DataFrame:
+    """Params or FLOPs per variant, ours and the paper's, each with its delta to its baseline."""
+    # the same model for every seed: any run's number will do, else the variant's measurement
+    ours = runs.groupby("variant")[cost.ours].first().reindex(names)
+    measured = pd.Series([_number((measurements.get(name) or {}).get(cost.ours)) for name in names],
+                         index=names, dtype=float)
+    out = pd.DataFrame({cost.ours: ours.fillna(measured), cost.paper: _paper(study, names, cost.paper_key)})
+    out[cost.delta] = out[cost.ours] - out.at[study.baseline, cost.ours]
+    out[cost.paper_delta] = out[cost.paper] - out.at[study.baseline, cost.paper]
+    out[cost.vs_paper] = out[cost.ours] - out[cost.paper]
+    return out
+
+
+def _stdev(values: pd.Series) -> float:
+    return statistics.stdev(values) if len(values) >= 2 else math.nan
+
+
+def _paper(study: Study, names: pd.Index, key: str) -> pd.Series:
+    """The paper's ``key`` per variant, NaN where the study gives none."""
+    return pd.Series([study.variant(name).paper.get(key) for name in names], index=names, dtype=float)
 
 
 def paired_p(values: list[float], baseline: list[float]) -> float | None:
@@ -211,10 +354,11 @@ def verdict(diff: float | None, std: float | None, n: int) -> str | None:
     """``"within noise"`` when ``|diff| <= 2 std`` of our seeds, else the signed difference.
 
     With fewer than two seeds there is no noise estimate: the difference is given with ``(n=1)``.
+    None or NaN ``diff``: no verdict (None).
     """
-    if diff is None:
+    if _missing(diff):
         return None
-    if n >= 2 and std is not None and abs(diff) <= 2 * std:
+    if n >= 2 and not _missing(std) and abs(diff) <= 2 * std:
         return "within noise"
     signed = _signed(diff)
     return signed if n >= 2 else f"{signed} (n={n})"
@@ -225,14 +369,13 @@ def _signed(value: float) -> str:
     return "+0.00" if text == "-0.00" else text
 
 
-def profile_label(study: Study, profile: str, rows: list[dict], comparable: bool) -> str:
+def profile_label(study: Study, profile: str, runs: pd.DataFrame, comparable: bool) -> str:
     """``"smoke profile: synthetic data, 40 iterations — not comparable to the paper's numbers"``."""
     spec = study.profile(profile)
     parts = ["synthetic data" if spec.data == "synthetic" else "real data"]
     iters = spec.overrides.get("train_cfg.max_iters")
-    if iters is None:  # the profile does not set it: the longest schedule among the runs
-        found = [row.get("max_iters") for row in rows if not _missing(row.get("max_iters"))]
-        iters = int(max(found)) if found else None
+    if iters is None and runs["max_iters"].notna().any():  # not set by the profile: the runs' longest
+        iters = int(runs["max_iters"].max())
     if iters is not None:
         parts.append(f"{iters} iterations")
     tail = "the paper's schedule" if comparable else "not comparable to the paper's numbers"
@@ -258,15 +401,19 @@ def conventions(study: Study) -> dict[str, str]:
     }
 
 
-def _notes(variants: list[dict], rows: list[dict], measurements: dict, study: Study) -> list[str]:
+def _notes(study: Study, runs: pd.DataFrame, variants: pd.DataFrame, measurements: dict,
+           include_stale: bool) -> list[str]:
     """Lines about runs that are not done and about measurements that are missing or incomplete."""
     notes = []
-    for row in rows:
-        run = f"run `{row['variant']}/seed{row['seed']}`"
-        if row["status"] == "failed":
-            notes.append(f"{run} failed: {row.get('error')}")
-        elif row["status"] != "done":
-            notes.append(f"{run} is {row['status']}")
+    for row in runs.itertuples(index=False):
+        run = f"run `{row.variant}/seed{row.seed}`"
+        if row.status == "failed":
+            notes.append(f"{run} failed: {row.error}")
+        elif row.status == "stale":
+            counted = "counted (include_stale)" if include_stale else "left out of the statistics"
+            notes.append(f"{run} is stale: its config changed since it ran; {counted}")
+        elif row.status != "done":
+            notes.append(f"{run} is {row.status}")
     for name in study.variants:
         found = measurements.get(name) or {}
         if "error" in found:
@@ -276,33 +423,31 @@ def _notes(variants: list[dict], rows: list[dict], measurements: dict, study: St
             ops = ", ".join(f"{op} x{count}" for op, count in sorted(uncounted.items()))
             notes.append(f"FLOPs of `{name}` leave out operators that carry compute: {ops} "
                          "(see `ablate measure --audit`)")
-    missing = [rec["variant"] for rec in variants
-               if _missing(rec["gmacs"]) and "error" not in (measurements.get(rec["variant"]) or {})]
+    missing = [name for name in variants.index[variants[FLOPS.ours].isna()]
+               if "error" not in (measurements.get(name) or {})]
     if missing:
         notes.append("Params/FLOPs not measured for " + ", ".join(f"`{v}`" for v in missing)
                      + " (run `ablate report` without --no-measure, on a machine with torch and mmseg)")
     return notes
 
 
-def _status(counts: Counter) -> str:
+def _status(counts: dict[str, int]) -> str:
     total = sum(counts.values())
     if total == 0:
         return "no runs"
-    for status in _STATUS_ORDER:
-        if counts.get(status) == total:
+    for status in STATUS_COUNTS:
+        if counts[status] == total:
             return status
-    return ", ".join(f"{counts[s]} {s}" for s in _STATUS_ORDER if counts.get(s))
+    return ", ".join(f"{counts[s]} {s}" for s in STATUS_COUNTS if counts[s])
 
 
-def _measured(measurements: dict, name: str, key: str) -> float | None:
-    value = (measurements.get(name) or {}).get(key)
+def _study(study: Study | str | os.PathLike) -> Study:
+    return study if isinstance(study, Study) else load_study(str(study))
+
+
+def _number(value) -> float | None:
+    """A measurement's number, or None (missing, a bool, or not a number)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _minus(a, b) -> float | None:
-    if _missing(a) or _missing(b):
-        return None
-    return float(a) - float(b)
 
 
 def _missing(value) -> bool:
@@ -311,7 +456,7 @@ def _missing(value) -> bool:
 
 
 def _plain(value):
-    """JSON-ready: NaN -> None, numpy scalars (from a measurement) -> Python, containers recursively."""
+    """JSON-ready: NaN -> None, numpy scalars -> Python, containers recursively."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

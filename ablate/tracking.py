@@ -283,11 +283,11 @@ def log_report(study: Study, results, work_root: str | os.PathLike | None = None
 
     columns, data = results.table()
     records = [dict(zip(columns, row)) for row in data]
-    miou = f"miou_{results.compare_miou}"
-    points = [[r["label"], r["gmacs"], r[f"{miou}_mean"]] for r in records
-              if r["gmacs"] is not None and r[f"{miou}_mean"] is not None]
-    deltas = [[r["label"], r[f"{miou}_delta"] if not r["is_baseline"] else 0.0] for r in records
-              if r["is_baseline"] or r[f"{miou}_delta"] is not None]
+    miou = results.compared
+    points = [[r["label"], r["gmacs"], r[miou.mean]] for r in records
+              if r["gmacs"] is not None and r[miou.mean] is not None]
+    deltas = [[r["label"], r[miou.delta] if not r["is_baseline"] else 0.0] for r in records
+              if r["is_baseline"] or r[miou.delta] is not None]
     from ablate.runs import WorkRoot
 
     folder = WorkRoot.of(work_root).profile_dir(study.name, results.profile)  # W&B writes its wandb/ here

@@ -1,21 +1,22 @@
 """Report formats (markdown, CSV, LaTeX, JSON, PNG) and the `ablate report` command, from hand-built runs."""
-import csv
 import dataclasses
 import difflib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from hand_runs import runs_frame
 from typer.testing import CliRunner
 
 from ablate import report
 from ablate.cli import app
-from ablate.collect import collect
 from ablate.errors import ReportError
-from ablate.results import aggregate
+from ablate.results import VARIANT_COLUMNS, summarize
 from ablate.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,7 @@ LABEL = "smoke profile: synthetic data, 40 iterations \u2014 not comparable to t
 # seed -> mIoU (best); last = best - 0.5. dwt's paired diffs 1.0, 1.1 -> p = 0.030 (marked);
 # attention's seed 1 failed, dwt_attention has not started.
 BEST = {"baseline": {0: 40.0, 1: 41.0}, "dwt": {0: 41.0, 1: 42.1}, "attention": {0: 40.6}}
+FAILED = {("attention", 1): "loss is NaN at iter 31"}
 MEASURED = {"baseline": {"params_m": 4.5213, "gmacs": 7.112},
             "dwt": {"params_m": 4.5762, "gmacs": 7.205},
             "attention": {"params_m": 4.5213, "gmacs": 24.131, "uncounted": {"aten::_foreach_mul": 3}},
@@ -45,6 +47,7 @@ def two_seeds():
 
 
 def build_runs(root, study, best=BEST):
+    """Run folders as training leaves them, for the CLI tests (which collect them)."""
     for run in study.runs("smoke", work_root=root):
         run.work_dir.mkdir(parents=True, exist_ok=True)
         value = best.get(run.variant, {}).get(run.seed)
@@ -56,12 +59,14 @@ def build_runs(root, study, best=BEST):
             (run.work_dir / "failed.json").write_text(json.dumps({"error": "loss is NaN at iter 31"}))
 
 
+def summarized(study):
+    return summarize(study, "smoke", runs_frame(study, BEST, last_offset=0.5, measured=MEASURED, failed=FAILED),
+                     MEASURED)
+
+
 @pytest.fixture
-def results(tmp_path):
-    study = two_seeds()
-    build_runs(tmp_path / "work_dirs", study)
-    rows = collect(study, "smoke", work_root=tmp_path / "work_dirs", measure=MEASURED).runs.to_dict("records")
-    return aggregate(study, "smoke", rows, MEASURED)
+def results():
+    return summarized(two_seeds())
 
 
 def table_rows(markdown: str) -> list[list[str]]:
@@ -115,42 +120,63 @@ def test_markdown_opens_with_the_profile_label_and_states_the_conventions(result
     assert "compare" in text.lower() and "best" in text
 
 
-def test_compare_last_puts_the_last_evaluation_first(tmp_path):
-    study = dataclasses.replace(two_seeds(), compare_miou="last")
-    build_runs(tmp_path, study)
-    res = aggregate(study, "smoke", collect(study, "smoke", work_root=tmp_path, measure=MEASURED).runs.to_dict("records"), MEASURED)
+def test_compare_last_puts_the_last_evaluation_first():
+    res = summarized(dataclasses.replace(two_seeds(), compare_miou="last"))
     header, base, *_ = table_rows(report.render_markdown(res))
     assert header[1] == "mIoU (last)" and header[5] == "mIoU (best)"
     assert base[1].startswith("40.00") and base[4] == "-3.52"
 
 
 def test_pipe_in_a_label_does_not_break_the_markdown_table(results):
-    results.variants[1]["label"] = "a | b"  # dwt
+    results.variants.loc["dwt", "label"] = "a | b"
     header, _, dwt, *_ = table_rows(report.render_markdown(results))
     assert dwt[0] == "a \\| b"
+
+
+def test_rows_without_paper_numbers_show_dashes_in_the_paper_columns():
+    study = load_study(str(REPO / "experiments" / "dsconv.yaml"))
+    measured = {"baseline": {"params_m": 4.5213, "gmacs": 7.112}, "dsconv": {"params_m": 4.4011, "gmacs": 6.93}}
+    runs = runs_frame(study, {"baseline": {0: 40.0}, "dsconv": {0: 40.4}}, measured=measured)
+    header, base, dsconv, both = table_rows(report.render_markdown(summarize(study, "smoke", runs)))
+    assert base[3:5] == ["43.52", "-3.52"] and base[8] == "4.44"
+    assert dsconv == ["+ DSConv", "40.40", "+0.40", "\u2014", "\u2014", "39.40", "4.40", "-0.120", "\u2014",
+                      "6.93", "-0.18", "\u2014", "done"]
+    assert both[3:5] == ["\u2014", "\u2014"] and both[-1] == "pending"
 
 
 # --------------------------------------------------------------------------- CSV, JSON, LaTeX
 
 
-def test_csv_parses_back_to_the_unrounded_numbers(results):
+def test_csv_is_one_header_and_a_row_per_variant_that_pandas_reads_back(results):
     text = report.render_csv(results)
-    assert text.startswith(f"# {LABEL}\n")
-    assert FLOPS_CONVENTION in text
-    body = [line for line in text.splitlines(True) if not line.startswith("#")]
-    rows = list(csv.DictReader(io.StringIO("".join(body))))
-    records = results.records()
-    assert [r["variant"] for r in rows] == [r["variant"] for r in records]
-    for row, record in zip(rows, records):
-        for key, value in record.items():
-            if isinstance(value, float):
-                assert float(row[key]) == value, key     # exact: repr round-trips
-            elif value is None:
-                assert row[key] == "", key
-    dwt = rows[1]
-    assert float(dwt["miou_best_delta"]) == pytest.approx(1.05)
-    assert dwt["seeds_done"] == "0;1" and dwt["is_baseline"] == "False"
-    assert rows[3]["miou_best_mean"] == ""  # not finished: empty, not 0
+    assert not any(line.startswith("#") for line in text.splitlines())  # no prose: that is in md and json
+    frame = pd.read_csv(io.StringIO(text))
+    assert list(frame.columns) == ["variant", *VARIANT_COLUMNS]  # the first line is the one header
+    assert frame["variant"].tolist() == ["baseline", "dwt", "attention", "dwt_attention"]
+    for column in ("miou_best_mean", "miou_best_std", "miou_best_delta", "miou_best_p", "paper_miou",
+                   "miou_vs_paper", "params_m", "params_m_delta", "paper_params_m_delta", "gmacs", "gmacs_delta"):
+        assert pd.api.types.is_float_dtype(frame[column]), column
+    dwt = frame.iloc[1]
+    # rounded as the markdown prints them: 41.55 +- 0.78, +1.05, -2.48; Params 4.58 (+0.055); FLOPs 7.21 (+0.09)
+    assert (dwt["miou_best_mean"], dwt["miou_best_std"], dwt["miou_best_delta"]) == (41.55, 0.78, 1.05)
+    assert (dwt["miou_vs_paper"], dwt["miou_last_mean"], dwt["miou_best_n"]) == (-2.48, 41.05, 2)
+    assert (dwt["params_m"], dwt["params_m_delta"], dwt["paper_params_m_delta"]) == (4.58, 0.055, 0.06)
+    assert (dwt["gmacs"], dwt["gmacs_delta"], dwt["paper_gmacs_delta"]) == (7.21, 0.09, 0.09)
+    assert dwt["miou_best_p"] == 0.0303  # 0.030292: three significant digits
+    assert dwt["seeds_done"] == "0;1" and not dwt["is_baseline"] and dwt["status"] == "done"
+    assert frame.iloc[2]["status"] == "1 done, 1 failed"
+    assert pd.isna(frame.iloc[3]["miou_best_mean"])  # not finished: empty, not 0
+    assert frame.iloc[0]["params_m_delta"] == 0.0 and "-0.0" not in text
+
+
+def test_csv_numbers_are_those_the_markdown_shows_not_their_float_noise():
+    study = dataclasses.replace(two_seeds(), seeds=(0,))
+    res = summarize(study, "smoke", runs_frame(study, {"baseline": {0: 71.78}}))
+    assert res.variants.at["baseline", "miou_vs_paper"] == 28.259999999999998  # 71.78 - 43.52, unrounded
+    text = report.render_csv(res)
+    assert "28.259999" not in text and ",28.26," in text
+    assert pd.read_csv(io.StringIO(text))["miou_vs_paper"].iloc[0] == 28.26
+    assert "| 71.78 | \u2014 | 43.52 | +28.26 |" in report.render_markdown(res)
 
 
 def test_json_parses_back_with_every_number_unrounded(results):
@@ -164,14 +190,27 @@ def test_json_parses_back_with_every_number_unrounded(results):
     assert dwt["params_m_delta"] == 4.5762 - 4.5213
     assert data["variants"][3]["miou_best_mean"] is None
     assert any("aten::_foreach_mul" in note for note in data["notes"])
-    assert len(data["runs"]) == 8
+    assert data["problems"] == [] and data["include_stale"] is False
+    assert len(data["runs"]) == 8 and data["runs"][5] == {
+        "study": "table2", "profile": "smoke", "variant": "attention", "seed": 1, "status": "failed",
+        "work_dir": "work_dirs/table2/smoke/attention/seed1", "miou_best": None, "miou_last": None, "aacc": None,
+        "iterations": None, "max_iters": None, "wall_time_s": None, "train_time_s": None, "params_m": 4.5213,
+        "gmacs": 24.131, "error": "loss is NaN at iter 31"}
 
 
 def test_latex_is_booktabs_and_escaped(results):
-    results.variants[1]["label"] = "DWT_FF & 50% #1 {x} ~$^\\"  # dwt
+    results.variants.loc["dwt", "label"] = "DWT_FF & 50% #1 {x} ~$^\\"
     text = report.render_latex(results)
-    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrrrrrrrl}"):
-        assert rule in text
+    assert text.startswith("% Table 2") and "needs \\usepackage{booktabs}" in text.splitlines()[0]
+    lines = text.splitlines()
+    for rule in ("\\begin{tabular}{lrrrrrrrrrrrl}", "\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
+        assert lines.count(rule) == 1, rule
+    top, mid, bottom = (lines.index(rule) for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
+    assert top + 2 == mid and bottom - mid - 1 == 4  # the header row, then one row per variant
+    assert all(line.endswith(" \\\\") for line in lines[top + 1:bottom] if line != "\\midrule")
+    below = "\n".join(lines[1:])  # under the comment line nothing special is left bare
+    assert not re.search(r"(?<!\\)[_%#&]", below.replace(" & ", " ")), "unescaped _ % # &"
+    assert "\\texttt{dwt\\_attention/seed0}" in text and "aten::\\_foreach\\_mul" in text
     assert ("DWT\\_FF \\& 50\\% \\#1 \\{x\\} \\textasciitilde{}\\$\\textasciicircum{}\\textbackslash{}"
             in text)
     assert "$\\Delta$ base" in text and "$\\pm$" in text and "+1.05$^\\dagger$" in text
@@ -263,12 +302,13 @@ def test_cli_report_one_format(tmp_path):
     assert "| SegNeXt + FreqFusion | 40.00 |" in out  # the terminal still shows markdown
 
 
-@pytest.mark.parametrize("formats, needed", [("md,csv,latex,json", []), ("png", ["matplotlib"])])
+@pytest.mark.parametrize("formats, needed", [("md,csv,latex,json", ["numpy", "pandas"]),
+                                             ("png", ["matplotlib", "numpy", "pandas"])])
 def test_cli_report_imports_only_what_its_formats_need(tmp_path, formats, needed):
-    # a fresh interpreter: scipy (one seed: no t-test), torch and mmseg (--no-measure) stay out, and
-    # matplotlib loads for the PNG only (pandas, which holds the results, is always there)
+    # a fresh interpreter: scipy (one seed: no t-test), torch and mmseg (--no-measure) stay out,
+    # pandas (with numpy) holds the results, and matplotlib loads for the PNG only
     build_runs(tmp_path / "work_dirs", two_seeds(), {"baseline": {0: 40.0}, "dwt": {0: 41.0}})
-    heavy = ("matplotlib", "mmseg", "scipy", "torch")
+    heavy = ("matplotlib", "mmseg", "numpy", "pandas", "scipy", "torch")
     script = ("import sys\n"
               "from ablate.cli import app\n"
               "app(sys.argv[1:], standalone_mode=False)\n"

@@ -229,18 +229,15 @@ def test_backend_logs_names_config_iterations_and_summary_and_a_resume_keeps_the
 
 
 def test_report_job_holds_the_table_of_the_json_report(study, tmp_path):
-    from ablate.collect import collect
-    from ablate.report import render_json
-    from ablate.results import aggregate
+    from hand_runs import runs_frame
 
-    best = {"baseline": 40.0, "dwt": 41.5, "attention": 39.0}
+    from ablate.report import render_json
+    from ablate.results import summarize
+
+    seeds = {run.seed for run in study.runs("smoke")}
+    best = {v: dict.fromkeys(seeds, value) for v, value in (("baseline", 40.0), ("dwt", 41.5), ("attention", 39.0))}
     measured = {v: {"params_m": 4.5 + i / 100, "gmacs": 7.0 + i / 10} for i, v in enumerate(study.variants)}
-    for run in study.runs("smoke"):
-        if run.variant in best:
-            run.work_dir.mkdir(parents=True)
-            write_json(run.work_dir / "result.json", {"miou_best": best[run.variant], "miou_last": 35.0,
-                                                       "iterations": 40, "max_iters": 40})
-    results = aggregate(study, "smoke", collect(study, "smoke", measure=measured).runs.to_dict("records"), measured)
+    results = summarize(study, "smoke", runs_frame(study, best, measured=measured), measured)
     where = tracking.log_report(study, results)
     flush_wandb()
 
