@@ -458,6 +458,20 @@ def data_check(
     _console().print(f"{data_root}: ADE20K looks complete ({report.labels_checked} label maps checked)")
 
 
+@app.command()
+@user_errors
+def convert(
+    source: str = typer.Argument(..., help="Checkpoint of the study's mmseg 0.x model: a file or an http(s) URL."),
+    out: Path = typer.Argument(..., help="Where to write it with our mmseg 1.x model's key names."),
+) -> None:
+    """Rename an mmseg 0.x SegNeXt + FreqFusion checkpoint for our model; foreign pickles never run code."""
+    from ablate.convert import convert_file  # lazy: torch
+
+    info = convert_file(source, out)
+    typer.echo(f"wrote {out}: {info['keys']} tensors, {info['converted']} renamed from mmseg {info['format']} "
+               f"(sha256 {info['sha256'][:12]} of {source}); keys look like {info['architecture']}")
+
+
 def main() -> None:  # pragma: no cover - `python -m ablate`
     app()
 

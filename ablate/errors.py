@@ -32,6 +32,10 @@ class ReportError(AblateError):
     """Nothing to report, or results that cannot be read."""
 
 
+class CheckpointError(AblateError):
+    """A checkpoint that cannot be read safely, downloaded, converted or loaded into the model."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``"; did you mean `x`?"`` for the closest of ``choices``, or ``""`` when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
