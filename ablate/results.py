@@ -196,7 +196,7 @@ def frame(
         work_root: root of the run folders; default ``$ABLATE_WORK_DIR`` or ``work_dirs``.
         measure: whether to fill Params and FLOPs (needs torch and mmseg; cached by model).
     """
-    from ablate.collect import collect  # lazy: collect reads run locks through ablate.launch
+    from ablate.collect import collect  # lazy: collect resolves configs (mmengine) to tell stale runs
 
     study = _study(study)
     study.profile(profile)  # an unknown profile is a StudyError naming the choices

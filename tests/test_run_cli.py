@@ -163,6 +163,33 @@ def test_status_shows_pending_runs_and_where_they_resume(runs):
     assert re.search(r"c/seed0\s+pending\s+3/4\s+7\.50\s+7\.50\s+1:05\s+resumes from iteration 2", out)
 
 
+def test_status_shows_a_run_waiting_for_a_free_slot_as_queued_and_the_one_training_as_running(runs, fake_worker):
+    import threading
+
+    from ablate.launch.local import LocalLauncher
+    from ablate.launch.orchestrate import data_root_for, run_study
+
+    study = load_study("tiny")
+    fake_worker.set(runs["a"].work_dir, sleep=30)
+    order = [runs["a"], runs["b"]]  # one slot: b waits for a
+    thread = threading.Thread(target=run_study, args=(study, order, LocalLauncher(),
+                                                      data_root_for(study, "smoke", None)), daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not fake_worker.calls(runs["a"].work_dir):
+        assert time.time() < deadline, "the first run did not start"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the worker adopts its lock as it starts
+    code, out = invoke("status", "tiny", "-p", "smoke")
+    assert code == 0
+    assert re.search(r"a/seed0\s+running\s+3/4", out), out
+    assert re.search(r"b/seed0\s+queued\s+.*waiting for a free slot", out), out
+    assert re.search(r"c/seed0\s+pending", out), out
+    os.kill(fake_worker.calls(runs["a"].work_dir)[0]["pid"], signal.SIGKILL)  # then b runs, and the study ends
+    thread.join(60)
+    assert not thread.is_alive()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--launcher", "slurmm"], "unknown launcher `slurmm`; did you mean `slurm`?; choose from local, torchrun, slurm"),
     (["--gpus", "1"], "--gpus 1: no CUDA device is visible here"),

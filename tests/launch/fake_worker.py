@@ -1,7 +1,7 @@
 """A stand-in for ``ablate.train`` that trains nothing, for launcher and orchestration tests.
 
 Reads ``WORK_DIR/fake.json`` (``{"sleep": s, "outcome": "done" | "fail" | "kill" | "exit", "code": n}``),
-appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, parent pid, rank, world
+adopts the run's lock (rank 0, when ``run.json`` names a token), appends one JSON line per process to ``WORK_DIR/fake_calls.jsonl`` (pid, parent pid, rank, world
 size, CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, $FAKE_MARK, whether torch was imported before it
 started, multiprocessing's start method, start and end time), writes a line to stdout and one to
 stderr, and leaves what the real worker leaves: ``progress.json`` at iteration 3 of 4, ``result.json`` when done, ``failed.json`` on a
@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ablate.runs import Progress, Result, folder
+from ablate.runs import Progress, Result, RunInfo, folder
+from ablate.runs.lock import RunLock
 
 
 def train(work_dir) -> int:
@@ -32,6 +33,9 @@ def train(work_dir) -> int:
     print(f"fake worker {rank}: stdout", flush=True)
     print(f"fake worker {rank}: stderr", file=sys.stderr, flush=True)
     if rank == 0:
+        info = RunInfo.read(work_dir)
+        if info is not None and info.lock_token:  # adopt the run's lock, as the real worker does
+            RunLock(work_dir, info.lock_token).acquire()
         Progress(iteration=3, max_iters=4, loss=0.5, eta_s=75.0).write(work_dir)
     time.sleep(float(spec.get("sleep", 0)))
     outcome = spec.get("outcome", "done")
