@@ -28,7 +28,7 @@ CUDA tensor); ``FREQFUSION_CARAFE_IMPL=torch|mmcv`` decides what ``auto`` means,
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import logging
 import os
 
@@ -44,10 +44,10 @@ _IMPLS = ("auto", "torch", "mmcv")
 # On CUDA, past this many (phase, tap) pairs the launches of "taps" cost more than "unfold"'s copy.
 _MAX_CUDA_TAPS = 25
 
-
 _log = logging.getLogger(__name__)
 # (usable, why) for mmcv's op; found by the first mmcv_carafe_status() call and kept for the process.
 _mmcv_status: tuple[bool, str] | None = None
+_LITE = "mmcv-lite: no compiled ops (mmcv._ext)"  # the expected case: nothing to report
 
 
 def has_full_mmcv() -> bool:
@@ -79,9 +79,6 @@ def mmcv_carafe_status() -> tuple[bool, str]:
                              error)
             _mmcv_status = error is None, error or "mmcv._ext loads and its CARAFE op agrees with ours here"
     return _mmcv_status
-
-
-_LITE = "mmcv-lite: no compiled ops (mmcv._ext)"
 
 
 def mmcv_ext_error() -> str | None:
