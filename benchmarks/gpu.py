@@ -89,14 +89,14 @@ def autocast(device: torch.device, sizes: dict) -> list[tuple[str, str, str]]:
     for name, switches in (("baseline", {}), ("dwt+attention", dict(use_dwt=True, use_attention=True))):
         torch.manual_seed(0)
         block = FreqFusion(**BLOCK, **switches).to(device).eval()
-        with _tf32(False):
+        with _no_tf32():
             ref = _outputs_and_grads(block, hr, lr, device, None)
         for dtype in (torch.float16, torch.bfloat16):
             amp = _outputs_and_grads(block, hr, lr, device, dtype)
             errs = [_rel_err(a, r) for a, r in zip(amp, ref)]
             detail = ", ".join(f"{n} {e:.1e}" for n, e in zip(("mask", "hr_out", "lr_up", "d hr", "d lr"), errs))
             rows.append((f"autocast {str(dtype)[6:]} vs fp32: FreqFusion #2 {name}",
-                         f"max rel err {max(errs, key=_nan_first):.1e}", f"{detail} ({b}x at {hw}x{hw})"))
+                         f"max rel err {max(errs, key=_nan_largest):.1e}", f"{detail} (batch {b}, hr {hw}x{hw})"))
     return rows
 
 
@@ -114,15 +114,15 @@ def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).abs().max() / ref.abs().max()).item()
 
 
-def _nan_first(err: float) -> float:
+def _nan_largest(err: float) -> float:
     return float("inf") if err != err else err  # a nan is the worst error
 
 
 @contextlib.contextmanager
-def _tf32(allowed: bool):
+def _no_tf32():
     """TF32 off for the float32 reference, so that it is float32 (cudnn allows TF32 by default)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
