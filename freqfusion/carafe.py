@@ -22,12 +22,14 @@ Two pure-torch strategies give the same numbers:
 
 Neither builds the ``up * up`` times larger unfolded tensor that the textbook version
 (unfold, then nearest upsampling) needs. ``impl="auto"`` uses mmcv's op for CUDA tensors when
-full mmcv (with ``mmcv._ext``) is installed; ``FREQFUSION_CARAFE_IMPL=torch|mmcv`` decides what
-``auto`` means, like timm's ``TIMM_FUSED_ATTN``.
+full mmcv is installed and its op works here (:func:`has_full_mmcv`, checked once, on the first
+CUDA tensor); ``FREQFUSION_CARAFE_IMPL=torch|mmcv`` decides what ``auto`` means, like timm's
+``TIMM_FUSED_ATTN``.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import logging
 import os
 
 import torch
@@ -35,20 +37,94 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["carafe", "has_full_mmcv"]
+__all__ = ["carafe", "has_full_mmcv", "mmcv_carafe_status"]
 
 IMPL_ENV = "FREQFUSION_CARAFE_IMPL"
 _IMPLS = ("auto", "torch", "mmcv")
 # On CUDA, past this many (phase, tap) pairs the launches of "taps" cost more than "unfold"'s copy.
 _MAX_CUDA_TAPS = 25
 
+_log = logging.getLogger(__name__)
+# (usable, why) for mmcv's op; found by the first mmcv_carafe_status() call and kept for the process.
+_mmcv_status: tuple[bool, str] | None = None
+_LITE = "mmcv-lite: no compiled ops (mmcv._ext)"  # the expected case: nothing to report
+
 
 def has_full_mmcv() -> bool:
-    """Whether mmcv's compiled extension (``mmcv._ext``, which holds the CARAFE op) is importable."""
+    """Whether ``impl="auto"`` uses mmcv's compiled CARAFE op for CUDA tensors (see :func:`mmcv_carafe_status`)."""
+    return mmcv_carafe_status()[0]
+
+
+def mmcv_carafe_status() -> tuple[bool, str]:
+    """``(usable, why)``: whether mmcv's CARAFE op can serve CUDA tensors here, and why (not).
+
+    Found once per process, when first asked (``carafe`` asks on its first CUDA tensor): mmcv's
+    compiled extension must import (mmcv-lite has none; a build for another torch fails to load)
+    and its op must run on a small CUDA input and agree with the pure-PyTorch path, forward and
+    backward (a build for another GPU architecture fails only then). Full mmcv that is installed
+    but unusable is reported in one logged line, and CARAFE runs in pure PyTorch.
+    """
+    global _mmcv_status
+    if _mmcv_status is None:
+        error = mmcv_ext_error()
+        if error is None and not torch.cuda.is_available():
+            _mmcv_status = False, "no CUDA device (mmcv's CARAFE op is CUDA-only)"
+        else:
+            if error is None:
+                from mmcv.ops import carafe as mmcv_op  # lazy: only present with full mmcv
+
+                error = _op_error(mmcv_op, torch.device("cuda"))
+            if error not in (None, _LITE):  # full mmcv is there but does not work: say so, once
+                _log.warning("freqfusion: full mmcv is installed but unusable: %s; CARAFE runs in pure PyTorch",
+                             error)
+            _mmcv_status = error is None, error or "mmcv._ext loads and its CARAFE op agrees with ours here"
+    return _mmcv_status
+
+
+def mmcv_ext_error() -> str | None:
+    """None when mmcv's compiled extension ``mmcv._ext`` imports; else why not, in one line.
+
+    Importing is the test, not finding the file: a build for another torch is found but fails to
+    load (undefined symbols). ``freqfusion._mmcv_guard`` and ``ablate.compat`` decide by the same
+    test whether mmseg needs a stand-in ``mmcv.ops``.
+    """
     try:
-        return importlib.util.find_spec("mmcv._ext") is not None
-    except ModuleNotFoundError:  # mmcv itself is missing
-        return False
+        importlib.import_module("mmcv._ext")  # torch is loaded: the extension links against its libraries
+    except Exception as exc:  # noqa: BLE001  (missing, or a foreign binary that fails to load: ImportError, OSError)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "mmcv._ext":
+            return _LITE
+        return f"mmcv._ext does not import ({_one_line(exc)})"
+    return None
+
+
+def _op_error(op, device: torch.device) -> str | None:
+    """None when ``op`` (mmcv's ``carafe`` signature) matches ours on a small input, forward and backward; else why."""
+
+    def run(fn) -> tuple[Tensor, ...]:
+        # Own generator: the check must not move the global RNG, or seeded runs would depend on it.
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 5, 6, generator=gen)
+        mask = torch.randn(2, 2, 9, 10, 12, generator=gen).softmax(2).view(2, 18, 10, 12)
+        x, mask = x.to(device).requires_grad_(), mask.to(device).requires_grad_()
+        out = fn(x, mask, 3, 2, 2)
+        return (out, *torch.autograd.grad(out.square().sum(), (x, mask)))
+
+    # Whatever context the first call comes from (no_grad, inference mode, autocast) stays outside.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        try:
+            theirs = run(op)
+        except Exception as exc:  # noqa: BLE001  (a foreign binary: any failure means "do not use it")
+            return f"its CARAFE op fails here ({_one_line(exc)})"
+        ours = run(_CarafeTaps.apply)
+    err = max((a - b).abs().max().item() for a, b in zip(theirs, ours))
+    if not err < 1e-4:  # `not <` also catches nan
+        return f"its CARAFE op disagrees with the pure-PyTorch one (max abs err {err:.2g})"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def carafe(x: Tensor, mask: Tensor, kernel_size: int, group: int = 1, up: int = 1,
@@ -87,10 +163,10 @@ def _resolve_impl(impl: str, x: Tensor) -> str:
             raise ValueError(f"{IMPL_ENV} must be one of {_IMPLS[1:]}, got {impl!r}")
     if impl == "auto":
         return "mmcv" if x.is_cuda and has_full_mmcv() else "torch"
-    if impl == "mmcv" and not (x.is_cuda and has_full_mmcv()):
-        raise RuntimeError(
-            "carafe impl 'mmcv' needs CUDA tensors and full mmcv (mmcv._ext); "
-            f"got a {x.device.type} tensor, full mmcv {'present' if has_full_mmcv() else 'missing'}")
+    if impl == "mmcv" and not x.is_cuda:
+        raise RuntimeError(f"carafe impl 'mmcv' needs CUDA tensors and full mmcv; got a {x.device.type} tensor")
+    if impl == "mmcv" and not has_full_mmcv():
+        raise RuntimeError(f"carafe impl 'mmcv' needs CUDA tensors and full mmcv; {mmcv_carafe_status()[1]}")
     return impl
 
 
