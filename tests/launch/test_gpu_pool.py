@@ -25,7 +25,7 @@ def test_gpus_2_runs_one_run_per_device_and_the_next_when_one_frees(tiny_study, 
     for run in runs.values():
         start, end = fake_worker.calls(run.work_dir)
         spans.append((start["start"], end["end"], start["cuda"], run.variant))
-        assert f"(GPUs {start['cuda']}; " in (run.work_dir / "worker.log").read_text()
+        assert f"(GPUs {start['cuda']})" in (run.work_dir / "worker.log").read_text()
     assert all(cuda in ("3", "5") for _, _, cuda, _ in spans), spans  # exactly one device each
     for (s1, e1, cuda1, _), (s2, e2, cuda2, _) in itertools.combinations(spans, 2):
         if s1 < e2 and s2 < e1:
