@@ -246,7 +246,7 @@ def test_measure_cached_reuses_and_keys_on_model_and_shape(plain_cfg, tmp_path, 
     import ablate.measure as measure
 
     calls = []
-    monkeypatch.setattr(measure, "measure_config",
+    monkeypatch.setattr(measure.cache, "measure_config",
                         lambda cfg, shape: calls.append(shape) or {"params_m": 1.0, "gmacs": 2.0, "input_shape": shape})
     first = measure.measure_cached(plain_cfg, (3, 64, 64), tmp_path)
     again = measure.measure_cached(plain_cfg, (3, 64, 64), tmp_path)
