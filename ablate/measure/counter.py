@@ -20,13 +20,13 @@ the same total from both, which a test checks on SegNeXt-T):
   math), B x heads x Lq x Lk x (E + Ev), i.e. Q K^T plus A V; softmax not counted (mmengine: 0).
   An element-wise ``mul`` whose product is then reduced by ``sum`` / ``mean`` is a dot product
   written element-wise: one MAC per reduced element (mmengine: 0).
-- ``carafe``: the work run inside a CARAFE call, i.e. below a Python frame whose function or file
-  name contains ``carafe``: its matrix products, and every element-wise product of two tensors
-  (``mul``, ``addcmul``) at one MAC per product element (a later ``sum`` of it is not counted
-  again). The reassembly is a weighted sum over k x k taps, out elements x k^2 MACs, whether
-  written as unfold + ``bmm``/einsum (freqfusion on CUDA), as unfold * kernel, sum, or as one
-  ``mul`` and k^2 - 1 ``addcmul_`` of shifted views (freqfusion on the CPU). mmengine counts
-  only the einsum form.
+- ``carafe``: the work run inside a CARAFE call, i.e. inside the profiler region named ``carafe``
+  that freqfusion's ``carafe()`` opens (``torch.profiler.record_function("carafe")``): its matrix
+  products, and every element-wise product of two tensors (``mul``, ``addcmul``) at one MAC per
+  product element (a later ``sum`` of it is not counted again). The reassembly is a weighted sum
+  over k x k taps, out elements x k^2 MACs, whether written as unfold + ``bmm``/einsum
+  (freqfusion on CUDA), as unfold * kernel, sum, or as one ``mul`` and k^2 - 1 ``addcmul_`` of
+  shifted views (freqfusion on the CPU). mmengine counts only the einsum form.
 - ``other``: norms (BatchNorm in eval 2 per element, 1 without affine; GroupNorm, LayerNorm and
   BatchNorm in training 5, 4 without affine), upsampling (nearest 1, linear 2, bilinear 4,
   bicubic 16 per output element), ``adaptive_avg_pool2d`` (input elements), ``grid_sampler``
@@ -39,6 +39,11 @@ other operator, whose cost is unknown to this counter, so a report can say that 
 miss something. The counter cannot see compiled ops that bypass the dispatcher (mmcv's CUDA
 ``carafe``), which is one more reason ``ablate.measure.model`` counts on the CPU/meta path.
 
+Regions are found by name, not by Python function or file names: ``record_function`` opens and
+closes its region through the dispatcher (the operators ``profiler::_record_function_enter_new``
+with the name and ``profiler::_record_function_exit``), so the dispatch mode sees both and keeps
+a stack of the regions open inside it. They cost no MACs and are not recorded as operators.
+
 Measured on Table 2 at 3x512x512 (GMACs; this counter / mmengine's analyzer / mmcv's module-hook
 counter ``mmcv.cnn.utils.get_model_complexity_info``, the kind the study used; paper):
 baseline 6.950 / 6.881 / 6.645 / 7.03; + DWT +0.102 / +0.102 / +0.097 / +0.09; + Attention
@@ -49,17 +54,15 @@ and the sampler's similarity dot products (0.006); the hook counter also misses 
 from __future__ import annotations
 
 import math
-import os
-import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 KINDS = ("conv", "matmul", "carafe", "other")
-# Work run below a Python frame whose function or file name matches the pattern is booked to that
-# kind: its matrix products (and mul+sum) instead of to ``matmul``, and its element-wise products.
-DEFAULT_REGIONS = {"carafe": r"carafe"}
+# Work run inside the profiler region of this name (``torch.profiler.record_function(name)``) is
+# booked to that kind: its matrix products (and mul+sum) instead of to ``matmul``, and its
+# element-wise products. freqfusion's ``carafe()`` opens the region ``carafe``.
+DEFAULT_REGIONS = {"carafe": "carafe"}
 
 
 @dataclass
@@ -185,20 +188,26 @@ class MacCounter:
     """Count the MACs of everything run inside ``with MacCounter() as c:``; results in ``c.count``.
 
     Args:
-        regions: ``{kind: regex}``; a matrix product (or mul+sum) whose Python call stack has a
-            frame whose function name or file name matches ``regex`` is booked to ``kind`` instead
-            of ``matmul`` (default: CARAFE calls).
+        regions: ``{kind: region name}``; a matrix product (or mul+sum) or an element-wise product
+            run inside ``torch.profiler.record_function(region name)`` is booked to ``kind``
+            (default: CARAFE calls). The innermost such region wins; regions opened before the
+            counter started are not seen.
     """
 
     def __init__(self, regions: dict[str, str] | None = None):
+        import torch
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils.weak import WeakIdKeyDictionary
 
         self.count = MacCount()
-        self._regions = [(kind, re.compile(rx, re.IGNORECASE))
-                         for kind, rx in (DEFAULT_REGIONS if regions is None else regions).items()]
-        for kind, _ in self._regions:
+        regions = DEFAULT_REGIONS if regions is None else regions
+        self._kind_of = {name: kind for kind, name in regions.items()}
+        for kind in regions:
             self.count.by_kind.setdefault(kind, 0)
+        # record_function's start (its name the first argument) and end, as the dispatcher runs them
+        self._enter = torch.ops.profiler._record_function_enter_new
+        self._exit = torch.ops.profiler._record_function_exit
+        self._open: list[str | None] = []  # kinds of the regions open now, innermost last (None: unbooked)
         self._handlers = _handlers()
         self._products = WeakIdKeyDictionary()  # tensors holding an element-wise product (or a view of one)
         counter = self
@@ -210,7 +219,6 @@ class MacCounter:
         self._mode = _Mode()
 
     def __enter__(self) -> "MacCounter":
-        self._outer = sys._getframe(1)  # regions are looked for below this frame only
         self._mode.__enter__()
         return self
 
@@ -221,6 +229,15 @@ class MacCounter:
         import torch
 
         packet = func.overloadpacket
+        if packet is self._enter:
+            self._open.append(self._kind_of.get(args[0]))
+            return func(*args, **kwargs)
+        if packet is self._exit:
+            # the handle it gets is a fresh wrapper each time, so regions are matched by nesting;
+            # nothing is open when the region began before the counter did
+            if self._open:
+                self._open.pop()
+            return func(*args, **kwargs)
         handler = self._handlers.get(packet)
         if handler is None and torch._C._dispatch_has_kernel_for_dispatch_key(
                 func.name(), torch._C.DispatchKey.CompositeImplicitAutograd):
@@ -265,16 +282,8 @@ class MacCounter:
             self._products[out] = True
 
     def _region(self) -> str | None:
-        if not self._regions:
-            return None
-        frame = sys._getframe(3)  # the caller of __torch_dispatch__
-        while frame is not None and frame is not self._outer:
-            code = frame.f_code
-            for kind, pattern in self._regions:
-                if pattern.search(code.co_name) or pattern.search(os.path.basename(code.co_filename)):
-                    return kind
-            frame = frame.f_back
-        return None
+        """The kind of the innermost open region that has one, else None."""
+        return next((kind for kind in reversed(self._open) if kind is not None), None)
 
 
 def _two_tensors(factors) -> bool:
