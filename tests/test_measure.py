@@ -323,6 +323,22 @@ def test_measure_cached_reuses_and_keys_on_model_and_shape(plain_cfg, tmp_path, 
     assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 3
 
 
+def test_model_hash_covers_the_counters_source(plain_cfg, tmp_path, monkeypatch):
+    """A change to any module of ablate.measure (the counting rules live in counter.py) misses the cache."""
+    import shutil
+
+    from ablate.measure import cache
+
+    names = {path.name for path in cache._PACKAGE_FILES}
+    assert {"__init__.py", "counter.py", "model.py", "cache.py", "variants.py"} <= names
+    copies = tuple(Path(shutil.copy(path, tmp_path / path.name)) for path in cache._PACKAGE_FILES)
+    monkeypatch.setattr(cache, "_PACKAGE_FILES", copies)
+    before = cache.model_hash(plain_cfg, (3, 64, 64))
+    counter = tmp_path / "counter.py"
+    counter.write_text(counter.read_text().replace('"mv", "dot"', '"mv", "dot", "outer"'))
+    assert cache.model_hash(plain_cfg, (3, 64, 64)) != before
+
+
 def test_cli_measure_prints_table_and_audit(plain_cfg, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
