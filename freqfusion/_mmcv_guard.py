@@ -10,6 +10,7 @@ but CARAFE, which finds mmcv's op on its own (``freqfusion.carafe.has_full_mmcv`
 """
 import sys
 import types
+import warnings
 
 from .carafe import mmcv_ext_error
 
@@ -25,6 +26,8 @@ def install() -> None:
     ops.__path__ = []  # a package: `import mmcv.ops.x` fails with ModuleNotFoundError, as mmcv.cnn expects
     ops.__getattr__ = lambda name: _missing(name, error)
     sys.modules["mmcv.ops"] = mmcv.ops = ops
+    # mmcv.cnn tries the compiled deformable attention once and warns; expected without mmcv._ext.
+    warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformableAttention``")
 
 
 def _missing(name: str, error: str):
