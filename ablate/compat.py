@@ -17,6 +17,9 @@ where it is not needed:
   under them are loaded with ``weights_only=False``. Every other file keeps torch's safe default.
 * **CPU DDP.** :func:`cpu_ddp_overrides` gives the config keys that make mmengine's distributed
   training work without CUDA: the gloo backend, ``device_ids=None`` and plain BatchNorm.
+* **Data files named.** :func:`name_data_files` (the worker calls it after importing mmseg) makes
+  a label map or image that cannot be loaded fail with its path: mmseg's ``LoadAnnotations``
+  otherwise fails with ``'NoneType' object has no attribute 'squeeze'`` at iteration N.
 """
 from __future__ import annotations
 
@@ -144,6 +147,32 @@ def _patch_torch_load() -> None:
     load._ablate_patched = True
     load.__doc__ = original.__doc__
     torch.load = load
+
+
+class DataFileError(RuntimeError):
+    """A file of the dataset that cannot be loaded; the message starts with its path."""
+
+
+def name_data_files() -> None:
+    """Make mmseg's annotation and image loading name the file that fails (once per process)."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    for cls, method, key in ((LoadAnnotations, "_load_seg_map", "seg_map_path"),
+                             (LoadImageFromFile, "transform", "img_path")):
+        original = getattr(cls, method)
+        if getattr(original, "_ablate_names_files", False):
+            continue
+
+        def load(self, results, _original=original, _key=key):
+            try:
+                return _original(self, results)
+            except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the path is what helps
+                path = results.get(_key) if isinstance(results, dict) else None
+                raise DataFileError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+
+        load._ablate_names_files = True
+        setattr(cls, method, load)
 
 
 def cpu_ddp_overrides() -> dict:
