@@ -160,7 +160,8 @@ class FreqFusion(nn.Module):
 
         Returns:
             ``(mask_lr (B, up_group*lowpass_kernel**2, H, W), hr_out (B, C_h, H, W),
-            lr_up (B, C_l, H, W))``.
+            lr_up (B, C_l, H, W))``; ``mask_lr`` is float32 when its logits are 16-bit
+            (autocast), see ``normalize_kernel``.
         """
         h, w = lr_feat.shape[-2:]
         if tuple(hr_feat.shape[-2:]) != (2 * h, 2 * w):

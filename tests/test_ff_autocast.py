@@ -211,7 +211,7 @@ def test_attention_under_autocast(channels, scale):
 # with independent signs, add up to about sqrt(n) U normwise. Attention also amplifies an input
 # error by up to 2 max|s| where its scores s nearly tie, which is why it is bounded block by block
 # above and only normwise here. The bounds below are about twice the sqrt(n) U estimate; the
-# errors observed are a quarter to a half of them.
+# errors observed are a sixth to a half of them.
 
 TABLE2 = {"baseline": {}, "dwt": {"use_dwt": True}, "attention": {"use_attention": True},
           "dwt+attention": {"use_dwt": True, "use_attention": True}}
