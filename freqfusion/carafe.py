@@ -149,14 +149,15 @@ def carafe(x: Tensor, mask: Tensor, kernel_size: int, group: int = 1, up: int = 
             when full mmcv is installed, else torch.
 
     Returns:
-        ``(B, C, up * h, up * w)`` in the dtype of ``x``; ``mask`` is cast to it (under autocast
-        the mmcv op runs in float32 and its result is cast back).
+        ``(B, C, up * h, up * w)`` in the dtype of ``x``. With a 16-bit ``x`` or ``mask``
+        (bfloat16, float16) "taps" sums in float32 and mmcv's op runs in float32, both rounding
+        only the result; "unfold"'s matrix product takes ``mask`` cast to the dtype of ``x``
+        and follows autocast, as any ``bmm`` (its GEMM accumulates in float32).
     """
     _check_shapes(x, mask, kernel_size, group, up)
     with torch.profiler.record_function(REGION):
         if _resolve_impl(impl, x) == "mmcv":
             return _carafe_mmcv(x, mask, kernel_size, group, up)
-        mask = mask.to(x.dtype)
         if x.is_cuda and (kernel_size * up) ** 2 > _MAX_CUDA_TAPS:
             return _carafe_unfold(x, mask, kernel_size, group, up)
         return _CarafeTaps.apply(x, mask, kernel_size, group, up)
@@ -209,22 +210,31 @@ def _carafe_unfold(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tens
     cols = F.pad(x, (p, p, p, p)).unfold(2, k, 1).unfold(3, k, 1)
     cols = cols.permute(0, 2, 3, 1, 4, 5).reshape(b * h * w * group, cg, kk)
     # Kernels per low-res pixel and group: (N, k*k, up*up), phases (dy, dx) in the last dim.
-    kernels = mask.reshape(b, group, kk, h, up, w, up).permute(0, 3, 5, 1, 2, 4, 6)
+    kernels = mask.to(x.dtype).reshape(b, group, kk, h, up, w, up).permute(0, 3, 5, 1, 2, 4, 6)
     out = torch.bmm(cols, kernels.reshape(b * h * w * group, kk, up * up))
     out = out.view(b, h, w, group, cg, up, up).permute(0, 3, 4, 1, 5, 2, 6)
-    return out.reshape(b, c, h * up, w * up)
+    return out.reshape(b, c, h * up, w * up).to(x.dtype)  # autocast's bmm may return 16 bits
 
 
 class _CarafeTaps(torch.autograd.Function):
-    """CARAFE as in-place sums of shifted flat views, one per tap; saves only x and mask."""
+    """CARAFE as in-place sums of shifted flat views, one per tap; saves only x and mask.
+
+    Both passes compute in ``_sum_dtype`` (float32 for 16-bit inputs: an in-place sum of
+    elementwise products rounds every partial sum to the dtype it is stored in, so 25 taps in
+    bfloat16 would lose several of its 8 bits) and round once, into the dtype of each input or
+    output. The conversions ride on copies that are made anyway (the padded input, the
+    kernels, the output). No op here is one that autocast recasts, so the function needs no
+    ``torch.amp.custom_fwd``/``custom_bwd``.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor, k: int, group: int, up: int) -> Tensor:
         b, c, h, w = x.shape
+        cg = c // group
         xflat, kernels = _flat_views(x, mask, k, group, up)
         xflat = xflat[:, :, None, None]  # broadcast over the phases
         # All up * up phases at once, each output plane flat: (B, G, up, up, Cg, h * w).
-        out = x.new_empty(b, group, up, up, c // group, h * w)
+        out = xflat.new_empty(b, group, up, up, cg, h * w)
         for t in range(k * k):
             shifted = _tap(xflat, t, k, h, w)
             if t == 0:
@@ -233,9 +243,11 @@ class _CarafeTaps(torch.autograd.Function):
                 out.addcmul_(shifted, kernels[:, :, t])
         ctx.save_for_backward(x, mask)
         ctx.config = (k, group, up)
-        # (B, G, up, up, Cg, h, w) -> (B, C, h*up, w*up): the one output-sized copy.
-        out = out.view(b, group, up, up, c // group, h, w)
-        return out.permute(0, 1, 4, 5, 2, 6, 3).reshape(b, c, h * up, w * up)
+        # (B, G, up, up, Cg, h, w) -> (B, C, h*up, w*up) in x's dtype: the one output-sized copy.
+        result = x.new_empty(b, c, h * up, w * up)
+        result.view(b, group, cg, h, up, w, up).copy_(
+            out.view(b, group, up, up, cg, h, w).permute(0, 1, 4, 5, 2, 6, 3))
+        return result
 
     @staticmethod
     @once_differentiable
@@ -248,11 +260,11 @@ class _CarafeTaps(torch.autograd.Function):
         grad_out = grad_out.reshape(b, group, cg, h, up, w, up)
         need_x, need_mask = ctx.needs_input_grad[:2]
         grad_xflat = torch.zeros_like(xflat) if need_x else None
-        grad_kernels = mask.new_empty(b, group, k * k, up, up, h, w) if need_mask else None
+        grad_kernels = kernels.new_empty(b, group, k * k, up, up, h, w) if need_mask else None
         # One phase of grad_out at a time: the buffers are input-sized.
-        g = x.new_empty(b, group, cg, h, w)
+        g = xflat.new_empty(b, group, cg, h, w)
         g_flat = g.view(b, group, cg, n)
-        prod = x.new_empty(b, group, cg, n) if need_mask else None
+        prod = xflat.new_empty(b, group, cg, n) if need_mask else None
         for dy in range(up):
             for dx in range(up):
                 g.copy_(grad_out[:, :, :, :, dy, :, dx])
@@ -265,11 +277,17 @@ class _CarafeTaps(torch.autograd.Function):
         grad_x = grad_mask = None
         if need_x:
             start = p * w + p
-            grad_x = grad_xflat[..., start:start + n].reshape(b, c, h, w)
+            grad_x = grad_xflat[..., start:start + n].reshape(b, c, h, w).to(x.dtype)
         if need_mask:
             _zero_wrapped_taps(grad_kernels, k)  # those taps read zero padding: no gradient
-            grad_mask = grad_kernels.permute(0, 1, 2, 5, 3, 6, 4).reshape(mask.shape)
+            grad_mask = torch.empty_like(mask, memory_format=torch.contiguous_format)
+            grad_mask.view(b, group, k * k, h, up, w, up).copy_(grad_kernels.permute(0, 1, 2, 5, 3, 6, 4))
         return grad_x, grad_mask, None, None, None
+
+
+def _sum_dtype(x: Tensor, mask: Tensor) -> torch.dtype:
+    """The dtype "taps" computes in: that of ``x`` and ``mask`` together, at least float32."""
+    return torch.promote_types(torch.promote_types(x.dtype, mask.dtype), torch.float32)
 
 
 def _flat_views(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> tuple[Tensor, Tensor]:
@@ -285,14 +303,15 @@ def _flat_views(x: Tensor, mask: Tensor, k: int, group: int, up: int) -> tuple[T
     or ``nan`` read that way still spreads, as it would through any neighbouring output).
 
     The kernels, ``(B, G, k*k, up, up, 1, h * w)``, are the one copy of ``mask`` (phase-major,
-    wrapped taps zeroed) and broadcast over the channels.
+    wrapped taps zeroed) and broadcast over the channels. Both are in ``_sum_dtype``.
     """
     b, c, h, w = x.shape
     p = k // 2
-    xflat = x.new_zeros(b, c, (h + 2 * p) * w + 2 * p)
+    dtype = _sum_dtype(x, mask)
+    xflat = x.new_zeros(b, c, (h + 2 * p) * w + 2 * p, dtype=dtype)
     start = p * w + p
     xflat[..., start:start + h * w].view(b, c, h, w).copy_(x)
-    kernels = mask.new_empty(b, group, k * k, up, up, h, w)
+    kernels = mask.new_empty(b, group, k * k, up, up, h, w, dtype=dtype)
     kernels.copy_(mask.reshape(b, group, k * k, h, up, w, up).permute(0, 1, 2, 4, 6, 3, 5))
     _zero_wrapped_taps(kernels, k)
     return xflat.view(b, group, c // group, -1), kernels.view(b, group, k * k, up, up, 1, h * w)
