@@ -99,18 +99,30 @@ def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yam
     console.print(f"[bold]{spec.title}[/]  ({spec.path})")
     console.print(f"base config: {spec.base}   baseline: {spec.baseline}   compare mIoU: {spec.compare_miou}"
                   f"   seeds: {list(spec.seeds)}   input: {'x'.join(map(str, spec.input_shape))}")
-    table = Table("variant", "label", "overrides", *(f"paper {m}" for m in METRICS), title="variants")
+    if spec.factors:
+        cells = " x ".join(str(len(f.levels)) for f in spec.factors.values())
+        table = Table("factor", "level", "overrides", title=f"factors: {cells} = {len(spec.cells())} variants")
+        for f in spec.factors.values():
+            for level, overrides in f.levels.items():
+                shown = "\n".join(f"{k} = {val!r}" for k, val in overrides.items()) or "(base config)"
+                table.add_row(f.name, level + (" (reference)" if level == f.reference else ""), shown)
+        console.print(table)
+    levels = ("levels",) if spec.factors else ()
+    table = Table("variant", "label", *levels, "overrides", *(f"paper {m}" for m in METRICS), title="variants")
     table.columns[0].no_wrap = True
     for v in spec.variants.values():
         overrides = "\n".join(f"{k} = {val!r}" for k, val in v.overrides.items()) or "(base config)"
-        table.add_row(v.name, v.label, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
+        cell = (", ".join(f"{f}={lv}" for f, lv in v.levels.items()) if v.levels else "-",) if spec.factors else ()
+        table.add_row(v.name, v.label, *cell, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
     console.print(table)
-    table = Table("profile", "data", "seeds", "runs", "overridden keys", "description", title="profiles")
+    table = Table("profile", "data", "seeds", "runs", "overridden keys", "extends", "description", title="profiles")
     table.columns[0].no_wrap = True
     for p in spec.profiles.values():
         table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))),
-                      str(len(p.overrides)), p.description)
+                      str(len(p.overrides)), p.extends or "-", p.description)
     console.print(table)
+    for claim in spec.claims:
+        console.print(f"claim: {claim.text}  [dim]({claim.test})[/]")
 
 
 def _fmt(value) -> str:
@@ -155,20 +167,32 @@ def configs(
 @user_errors
 def diff(
     study: str = typer.Argument(..., help="Study name or path."),
-    a: str = typer.Argument(..., help="First variant."),
-    b: str = typer.Argument(..., help="Second variant."),
+    a: str = typer.Argument(..., help="First variant, or first profile."),
+    b: str = typer.Argument(..., help="Second variant, or second profile."),
     profile: Optional[str] = ProfileOpt,
+    variant: Optional[str] = typer.Option(None, "--variant", "-v", help="When A and B are profiles: the variant "
+                                                                        "compared under both (default: the baseline)."),
 ) -> None:
-    """Print the config keys that differ between two variants of a study."""
+    """Print the config keys that differ between two variants (under --profile) or two profiles (of --variant)."""
     from rich.table import Table
 
     from ablate import configs as cfgs
+    from ablate.errors import StudyError
 
     spec, profile = _study_and_profile(study, profile)
-    run_a, run_b = (spec.runs(profile, variants=[v])[0] for v in (a, b))
+    kinds = ["variant" if n in spec.variants else "profile" if n in spec.profiles else "?" for n in (a, b)]
+    if kinds == ["profile", "profile"]:
+        name = spec.variant(variant or spec.baseline).name
+        run_a, run_b = (spec.runs(p, variants=[name])[0] for p in (a, b))
+        where = f"for variant `{name}`"
+    elif set(kinds) == {"variant", "profile"}:
+        raise StudyError(f"`{a}` is a {kinds[0]} and `{b}` a {kinds[1]}: compare two variants or two profiles")
+    else:  # an unknown name is a StudyError naming the variants
+        run_a, run_b = (spec.runs(profile, variants=[v])[0] for v in (a, b))
+        where = f"under profile `{profile}`"
     rows = cfgs.diff(cfgs.resolve(spec, run_a), cfgs.resolve(spec, run_b), ignore=("work_dir", "ablate"))
     if not rows:
-        _console().print(f"`{a}` and `{b}` resolve to the same config under profile `{profile}`")
+        _console().print(f"`{a}` and `{b}` resolve to the same config {where}")
         return
     table = Table("key", a, b, box=None)
     for key, va, vb in rows:
