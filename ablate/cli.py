@@ -29,6 +29,9 @@ data_app = typer.Typer(help="Datasets: make the synthetic smoke set, check a rea
 app.add_typer(data_app, name="data")
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile of the study (default: `paper` if it has one).")
+SetOpt = typer.Option(None, "--set", help="KEY=VALUE: set a config key for this invocation, after the profile's and "
+                                          "the variant's (the value is YAML); repeatable. Part of each run's config "
+                                          "and run key; `ablate run` records it in run.json.")
 
 
 def _console(stderr: bool = False):
@@ -136,6 +139,7 @@ def configs(
     profile: Optional[str] = ProfileOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Write one resolved config.py per run (variant x seed) of a profile: what `ablate run` trains.
 
@@ -152,7 +156,8 @@ def configs(
     runs = spec.runs(profile)
     if data_root is not None or spec.profile(profile).data == "synthetic":
         data_root = data_root_for(spec, profile, data_root, create=False)
-    resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
+    overrides = cfgs.parse_sets(sets)
+    resolved = [cfgs.resolve(spec, run, data_root=data_root, sets=overrides) for run in runs]  # errors before writes
     for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / folder.CONFIG) if out else run.work_dir / folder.CONFIG
         launched = (run.work_dir / RunInfo.FILE).exists() or folder.holds_training(run.work_dir)
@@ -354,6 +359,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="Discard runs whose config changed and train them anew."),
     detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm); `ablate status` follows."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; launch nothing."),
+    sets: Optional[list[str]] = SetOpt,
     partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the study's)."),
     account: Optional[str] = typer.Option(None, "--account", help="Slurm account (default: the study's)."),
     timeout_min: Optional[int] = typer.Option(None, "--time", help="Slurm time limit per job, minutes; a job "
@@ -369,11 +375,13 @@ def run(
     """
     # lazy: keeps `--help` fast; torch loads only for --gpus, submitit only for slurm
     from ablate import tracking  # light: wandb is imported only by what logs (the workers)
+    from ablate.configs import parse_sets
     from ablate.errors import LaunchError
     from ablate.launch import make_launcher
     from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
 
     spec, profile = _study_and_profile(study, profile)
+    overridden = parse_sets(sets)
     runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_csv(seeds, "--seeds", int))
     backend = make_launcher(launcher, spec, gpus=gpus, gpus_per_run=gpus_per_run, partition=partition,
                             account=account, timeout_min=timeout_min, cpus_per_run=cpus_per_run)
@@ -384,10 +392,10 @@ def run(
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides), backend, root)
+        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, overridden), backend, root)
         return
     outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
-                         console=console)
+                         console=console, sets=overridden)
     for outcome in outcomes:
         if outcome.status in ("skipped", "submitted"):  # done and failed ones were printed as they ended
             console.print(describe(outcome))
