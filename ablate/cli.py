@@ -212,12 +212,23 @@ def plan(
     profile: Optional[str] = ProfileOpt,
     sec_per_iter: Optional[float] = typer.Option(
         None, "--sec-per-iter", help="Seconds per training iteration (default: measured, else the profile's)."),
+    sets: Optional[list[str]] = SetOpt,
+    power: bool = typer.Option(False, "--power", help="Also print the seeds each effect and claim needs to find the "
+                                                      "paper's difference (95 % interval, power 0.8), and their cost."),
+    seed_std: Optional[float] = typer.Option(None, "--seed-std", min=0.0, help="--power: the mIoU std over seeds "
+                                             "(default: measured from runs with 2+ seeds, else the study file's)."),
+    detect: Optional[float] = typer.Option(None, "--detect", help="--power: find this mIoU difference everywhere "
+                                                                  "instead of the paper's."),
 ) -> None:
-    """Print the runs of a profile, their iterations and the estimated compute cost."""
-    from ablate.plan import plan_study, render_plan
+    """Print the runs of a profile, their iterations and the estimated compute cost; --power: seeds needed."""
+    from ablate.configs import parse_sets
+    from ablate.plan import plan_study, power_plan, render_plan, render_power
 
     spec, profile = _study_and_profile(study, profile)
-    render_plan(_console(), plan_study(spec, profile, sec_per_iter))
+    planned = plan_study(spec, profile, sec_per_iter, sets=parse_sets(sets))
+    render_plan(_console(), planned)
+    if power:
+        render_power(_console(), power_plan(planned, seed_std or None, detect))
 
 
 @app.command()
