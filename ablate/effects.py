@@ -202,4 +202,4 @@ def _row(contrast: Contrast, found: Estimate, paper: dict) -> dict:
     implied = contrast.of(paper)
     return {"contrast": contrast.text(), "estimate": found.estimate, "se": found.se, "df": found.df,
             "ci_low": found.ci_low, "ci_high": found.ci_high, "n": found.n,
-            "paper": math.nan if implied is None else implied}
+            "paper": math.nan if implied is None else round(implied, 6)}  # the paper prints 2 decimals: no float noise

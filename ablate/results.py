@@ -279,7 +279,8 @@ def summarize(
         include_stale=include_stale, baseline=study.baseline, compare_miou=study.compare_miou,
         input_shape=tuple(study.input_shape), variants=variants, runs=given, measurements=measurements,
         conventions=conventions(study), notes=_notes(study, runs, variants, measurements, include_stale) + _fit_notes(
-            study, fit, counted), problems=list(problems or []), effects=effects, claims=claims,
+            study, fit, counted, pd.concat([effects, claims])), problems=list(problems or []), effects=effects,
+        claims=claims,
         seed_noise={"std": fit.seed_std, "df": fit.df, "mIoU": study.compare_miou},
     )
 
@@ -473,15 +474,22 @@ def _evidence_conventions(study: Study) -> dict[str, str]:
     return out
 
 
-def _fit_notes(study: Study, fit, counted: pd.DataFrame) -> list[str]:
-    """What the seeds allow: the noise they show, or that one seed shows none."""
+def _fit_notes(study: Study, fit, counted: pd.DataFrame, estimates: pd.DataFrame) -> list[str]:
+    """What the seeds allow: the noise they show and whether it hides the paper's differences, or that
+    one seed shows none. ``estimates``: the effects and claims rows (``ci_low``, ``ci_high``, ``paper``)."""
     if not (study.factors or study.claims) or counted.empty:
         return []
     if fit.df <= 0:
         return ["one seed per variant: effects have no interval and claims no verdict; "
                 "`ablate plan --power` says how many seeds the paper's differences need"]
-    return [f"seed noise: residual std {fit.seed_std:.2f} mIoU over seeds ({fit.df} df; each seed's shift "
-            "common to all variants removed); `ablate plan --power` turns it into the seeds each difference needs"]
+    note = (f"seed noise: residual std {fit.seed_std:.2f} mIoU over seeds ({fit.df} df; each seed's shift "
+            "common to all variants removed)")
+    half = ((estimates["ci_high"] - estimates["ci_low"]) / 2).min()
+    paper = estimates["paper"].abs().max()
+    if not (pd.isna(half) or pd.isna(paper)) and half > paper:
+        note += (f"; the narrowest 95 % interval is ±{half:.2f}, wider than every difference the paper "
+                 f"reports (at most {paper:.2f}): at these seeds, noise hides them")
+    return [note + "; `ablate plan --power` turns it into the seeds each difference needs"]
 
 
 def _no_effects() -> pd.DataFrame:
