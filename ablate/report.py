@@ -231,6 +231,8 @@ def render_markdown(results: Results) -> str:
 
 
 _TEXT_COLUMNS = ("term", "contrast", "claim", "test", "difference [95 % CI]", "verdict")
+# LaTeX: the claims' prose wraps within the page instead of running off it
+_WRAPPED = {"claim": "p{0.2\\linewidth}", "test": "p{0.18\\linewidth}", "difference [95 % CI]": "p{0.3\\linewidth}"}
 
 
 def csv_frame(results: Results) -> pd.DataFrame:
@@ -293,7 +295,7 @@ def render_latex(results: Results) -> str:
 
 def _latex_table(table: pd.DataFrame, caption: str, key: str) -> list[str]:
     """One more booktabs table (effects, claims) below the main one."""
-    spec = "".join("l" if c in _TEXT_COLUMNS else "r" for c in table.columns)
+    spec = "".join(_WRAPPED.get(c, "l" if c in _TEXT_COLUMNS else "r") for c in table.columns)
     lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{latex_escape(caption)}.}}",
              f"\\label{{{key}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
              " & ".join(latex_escape(h) for h in table.columns) + " \\\\", "\\midrule"]

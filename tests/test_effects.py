@@ -215,3 +215,15 @@ def test_a_note_says_when_seed_noise_hides_the_papers_differences():
         quiet[variant] = {s: mean + (y - mean) / 10 for s, y in by.items()}
     (note,) = [n for n in known_results(quiet).notes if n.startswith("seed noise")]
     assert "hides" not in note
+
+
+def test_latex_gets_an_effects_and_a_claims_table():
+    from ablate import report
+
+    latex = report.render_latex(known_results())
+    assert latex.count("\\begin{table}[t]") == 3 and latex.count("\\end{table}") == 3
+    assert "\\begin{tabular}{llrrrr}" in latex  # term, contrast; estimate, CI, n, paper
+    assert ("dwt:attention & dwt\\_attention $-$ dwt $-$ attention + baseline & -3.30 & [-5.61, -0.99] & 3 & "
+            "-0.14 \\\\") in latex
+    assert "DWT improves mIoU & dwt \\textgreater{} baseline & dwt $-$ baseline: +4.00 [+2.37, +5.63] & +0.51 & " \
+           "supported at n=3 \\\\" in latex
