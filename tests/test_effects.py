@@ -227,3 +227,28 @@ def test_latex_gets_an_effects_and_a_claims_table():
             "-0.14 \\\\") in latex
     assert "DWT improves mIoU & dwt \\textgreater{} baseline & dwt $-$ baseline: +4.00 [+2.37, +5.63] & +0.51 & " \
            "supported at n=3 \\\\" in latex
+
+
+def test_cli_report_json_of_the_seeded_smoke_profile_holds_effects_and_claims(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+    from ablate.runs import Result
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("ABLATE_WORK_DIR", str(tmp_path / "work_dirs"))
+    for run in load_study("table2").runs("smoke-seeds"):
+        run.work_dir.mkdir(parents=True)
+        Result(miou_best=KNOWN[run.variant][run.seed], miou_last=0.0, iterations=40, max_iters=40).write(run.work_dir)
+    result = CliRunner().invoke(app, ["report", "table2", "-p", "smoke-seeds", "--format", "json", "--no-measure",
+                                      "--out", str(tmp_path / "reports")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "reports" / "table2" / "smoke-seeds.json").read_text())
+    effects_ = {e["term"]: e for e in data["effects"]}
+    assert set(effects_) == {"dwt", "attention", "dwt:attention"}
+    interaction = effects_["dwt:attention"]
+    assert (interaction["estimate"], interaction["ci_low"], interaction["ci_high"], interaction["n"]) == \
+        pytest.approx((-3.3, -5.606970, -0.993030, 3), abs=1e-5)
+    assert [(c["claim"], c["verdict"]) for c in data["claims"]] == [
+        ("DWT improves mIoU", "supported"), ("Attention improves mIoU", "inconclusive"),
+        ("DWT and attention are complementary (together they beat either alone)", "contradicted")]
