@@ -215,7 +215,7 @@ def plan(
     sets: Optional[list[str]] = SetOpt,
     power: bool = typer.Option(False, "--power", help="Also print the seeds each effect and claim needs to find the "
                                                       "paper's difference (95 % interval, power 0.8), and their cost."),
-    seed_std: Optional[float] = typer.Option(None, "--seed-std", min=0.0, help="--power: the mIoU std over seeds "
+    seed_std: Optional[float] = typer.Option(None, "--seed-std", min=1e-6, help="--power: the mIoU std over seeds "
                                              "(default: measured from runs with 2+ seeds, else the study file's)."),
     detect: Optional[float] = typer.Option(None, "--detect", help="--power: find this mIoU difference everywhere "
                                                                   "instead of the paper's."),
@@ -228,7 +228,7 @@ def plan(
     planned = plan_study(spec, profile, sec_per_iter, sets=parse_sets(sets))
     render_plan(_console(), planned)
     if power:
-        render_power(_console(), power_plan(planned, seed_std or None, detect))
+        render_power(_console(), power_plan(planned, seed_std, detect))
 
 
 @app.command()
