@@ -31,6 +31,9 @@ data_app = typer.Typer(help="Datasets: make the synthetic smoke set, check a rea
 app.add_typer(data_app, name="data")
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile of the study (default: `paper` if it has one).")
+SetOpt = typer.Option(None, "--set", help="KEY=VALUE: set a config key for this invocation, after the profile's and "
+                                          "the variant's (the value is YAML); repeatable. Part of each run's config "
+                                          "and run key; `ablate run` records it in run.json.")
 
 
 def _console(stderr: bool = False):
@@ -101,18 +104,30 @@ def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yam
     console.print(f"[bold]{spec.title}[/]  ({spec.path})")
     console.print(f"base config: {spec.base}   baseline: {spec.baseline}   compare mIoU: {spec.compare_miou}"
                   f"   seeds: {list(spec.seeds)}   input: {'x'.join(map(str, spec.input_shape))}")
-    table = Table("variant", "label", "overrides", *(f"paper {m}" for m in METRICS), title="variants")
+    if spec.factors:
+        cells = " x ".join(str(len(f.levels)) for f in spec.factors.values())
+        table = Table("factor", "level", "overrides", title=f"factors: {cells} = {len(spec.cells())} variants")
+        for f in spec.factors.values():
+            for level, overrides in f.levels.items():
+                shown = "\n".join(f"{k} = {val!r}" for k, val in overrides.items()) or "(base config)"
+                table.add_row(f.name, level + (" (reference)" if level == f.reference else ""), shown)
+        console.print(table)
+    levels = ("levels",) if spec.factors else ()
+    table = Table("variant", "label", *levels, "overrides", *(f"paper {m}" for m in METRICS), title="variants")
     table.columns[0].no_wrap = True
     for v in spec.variants.values():
         overrides = "\n".join(f"{k} = {val!r}" for k, val in v.overrides.items()) or "(base config)"
-        table.add_row(v.name, v.label, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
+        cell = (", ".join(f"{f}={lv}" for f, lv in v.levels.items()) if v.levels else "-",) if spec.factors else ()
+        table.add_row(v.name, v.label, *cell, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
     console.print(table)
-    table = Table("profile", "data", "seeds", "runs", "overridden keys", "description", title="profiles")
+    table = Table("profile", "data", "seeds", "runs", "overridden keys", "extends", "description", title="profiles")
     table.columns[0].no_wrap = True
     for p in spec.profiles.values():
         table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))),
-                      str(len(p.overrides)), p.description)
+                      str(len(p.overrides)), p.extends or "-", p.description)
     console.print(table)
+    for claim in spec.claims:
+        console.print(f"claim: {claim.text}  [dim]({claim.test})[/]")
 
 
 def _fmt(value) -> str:
@@ -126,6 +141,7 @@ def configs(
     profile: Optional[str] = ProfileOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
+    sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Write one resolved config.py per run (variant x seed) of a profile: what `ablate run` trains.
 
@@ -142,7 +158,8 @@ def configs(
     runs = spec.runs(profile)
     if data_root is not None or spec.profile(profile).data == "synthetic":
         data_root = data_root_for(spec, profile, data_root, create=False)
-    resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
+    overrides = cfgs.parse_sets(sets)
+    resolved = [cfgs.resolve(spec, run, data_root=data_root, sets=overrides) for run in runs]  # errors before writes
     for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / folder.CONFIG) if out else run.work_dir / folder.CONFIG
         launched = (run.work_dir / RunInfo.FILE).exists() or folder.holds_training(run.work_dir)
@@ -157,20 +174,32 @@ def configs(
 @user_errors
 def diff(
     study: str = typer.Argument(..., help="Study name or path."),
-    a: str = typer.Argument(..., help="First variant."),
-    b: str = typer.Argument(..., help="Second variant."),
+    a: str = typer.Argument(..., help="First variant, or first profile."),
+    b: str = typer.Argument(..., help="Second variant, or second profile."),
     profile: Optional[str] = ProfileOpt,
+    variant: Optional[str] = typer.Option(None, "--variant", "-v", help="When A and B are profiles: the variant "
+                                                                        "compared under both (default: the baseline)."),
 ) -> None:
-    """Print the config keys that differ between two variants of a study."""
+    """Print the config keys that differ between two variants (under --profile) or two profiles (of --variant)."""
     from rich.table import Table
 
     from ablate import configs as cfgs
+    from ablate.errors import StudyError
 
     spec, profile = _study_and_profile(study, profile)
-    run_a, run_b = (spec.runs(profile, variants=[v])[0] for v in (a, b))
+    kinds = ["variant" if n in spec.variants else "profile" if n in spec.profiles else "?" for n in (a, b)]
+    if kinds == ["profile", "profile"]:
+        name = spec.variant(variant or spec.baseline).name
+        run_a, run_b = (spec.runs(p, variants=[name])[0] for p in (a, b))
+        where = f"for variant `{name}`"
+    elif set(kinds) == {"variant", "profile"}:
+        raise StudyError(f"`{a}` is a {kinds[0]} and `{b}` a {kinds[1]}: compare two variants or two profiles")
+    else:  # an unknown name is a StudyError naming the variants
+        run_a, run_b = (spec.runs(profile, variants=[v])[0] for v in (a, b))
+        where = f"under profile `{profile}`"
     rows = cfgs.diff(cfgs.resolve(spec, run_a), cfgs.resolve(spec, run_b), ignore=("work_dir", "ablate"))
     if not rows:
-        _console().print(f"`{a}` and `{b}` resolve to the same config under profile `{profile}`")
+        _console().print(f"`{a}` and `{b}` resolve to the same config {where}")
         return
     table = Table("key", a, b, box=None)
     for key, va, vb in rows:
@@ -185,12 +214,23 @@ def plan(
     profile: Optional[str] = ProfileOpt,
     sec_per_iter: Optional[float] = typer.Option(
         None, "--sec-per-iter", help="Seconds per training iteration (default: measured, else the profile's)."),
+    sets: Optional[list[str]] = SetOpt,
+    power: bool = typer.Option(False, "--power", help="Also print the seeds each effect and claim needs to find the "
+                                                      "paper's difference (95 % interval, power 0.8), and their cost."),
+    seed_std: Optional[float] = typer.Option(None, "--seed-std", min=1e-6, help="--power: the mIoU std over seeds "
+                                             "(default: measured from runs with 2+ seeds, else the study file's)."),
+    detect: Optional[float] = typer.Option(None, "--detect", help="--power: find this mIoU difference everywhere "
+                                                                  "instead of the paper's."),
 ) -> None:
-    """Print the runs of a profile, their iterations and the estimated compute cost."""
-    from ablate.plan import plan_study, render_plan
+    """Print the runs of a profile, their iterations and the estimated compute cost; --power: seeds needed."""
+    from ablate.configs import parse_sets
+    from ablate.plan import plan_study, power_plan, render_plan, render_power
 
     spec, profile = _study_and_profile(study, profile)
-    render_plan(_console(), plan_study(spec, profile, sec_per_iter))
+    planned = plan_study(spec, profile, sec_per_iter, sets=parse_sets(sets))
+    render_plan(_console(), planned)
+    if power:
+        render_power(_console(), power_plan(planned, seed_std, detect))
 
 
 @app.command()
@@ -337,6 +377,7 @@ def run(
     restart: bool = typer.Option(False, "--restart", help="Discard runs whose config changed and train them anew."),
     detach: bool = typer.Option(False, "--detach", help="Submit and return at once (slurm); `ablate status` follows."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run; launch nothing."),
+    sets: Optional[list[str]] = SetOpt,
     partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: the study's)."),
     account: Optional[str] = typer.Option(None, "--account", help="Slurm account (default: the study's)."),
     timeout_min: Optional[int] = typer.Option(None, "--time", help="Slurm time limit per job, minutes; a job "
@@ -356,11 +397,13 @@ def run(
     # lazy: keeps `--help` fast; torch loads only for --gpus, submitit only for slurm
     from ablate import tracking  # light: wandb is imported only by what logs (the workers)
     from ablate.data.check import quick_check
+    from ablate.configs import parse_sets
     from ablate.errors import LaunchError
     from ablate.launch import make_launcher
     from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
 
     spec, profile = _study_and_profile(study, profile)
+    overridden = parse_sets(sets)
     runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_seeds(spec, profile, seeds))
     backend = make_launcher(launcher, spec, gpus=gpus, gpus_per_run=gpus_per_run, partition=partition,
                             account=account, timeout_min=timeout_min, cpus_per_run=cpus_per_run)
@@ -373,12 +416,13 @@ def run(
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, steal_locks), backend, root)
+        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, overridden, steal_locks), backend,
+                    root)
         return
     with _stopped_by_signals() as stopped:
         try:
             outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
-                                 console=console, steal_locks=steal_locks)
+                                 console=console, steal_locks=steal_locks, sets=overridden)
         except KeyboardInterrupt:
             _report_stop(stopped.signal or signal.SIGINT, runs, study, profile)
     for outcome in outcomes:

@@ -6,7 +6,7 @@ rules live there) and, unless told not to, each variant's Params and FLOPs from
 
 Runs whose config differs from the one the study resolves now are ``stale``: the config of each
 run is resolved with the data root its ``run.json`` records, and its run key compared with the
-one the run trained with. Files that cannot be read are named in :attr:`Collection.problems`;
+one the run trained with (``--set`` overrides recorded in ``run.json`` included). Files that cannot be read are named in :attr:`Collection.problems`;
 their runs keep a row, with what the other files say.
 
 The rows (:data:`RUN_COLUMNS`), one per run in study order: ``study``, ``profile``, ``variant``,
@@ -67,7 +67,7 @@ def _expected_key(study: Study):
     def key(run, info: RunInfo | None) -> str | None:
         if info is None or info.data_root is None:
             return None  # the data root it trained on is unknown, so is the config it should have
-        return configs.run_key(configs.resolve(study, run, data_root=info.data_root))
+        return configs.run_key(configs.resolve(study, run, data_root=info.data_root, sets=info.sets))
 
     return key
 

@@ -1,10 +1,15 @@
 """Variant configs: a study's (variant, profile, seed) resolved into an mmengine ``Config``.
 
 Reads the study's base config and writes, on request, one ``config.py`` per run. The order of
-overrides is base -> profile -> variant -> run (seed, work_dir, data root), so a profile changes
-only the keys it names and a variant only its switches. Every override key must exist in the base
-config; a key prefixed with ``+`` may add a new one. Unknown keys are reported with the closest
-existing key, the study file and its line.
+overrides is base -> profile -> variant -> ``--set`` -> run (seed, work_dir, data root), so a
+profile changes only the keys it names and a variant only its switches. Every override key must
+exist in the base config; a key prefixed with ``+`` may add a new one. Unknown keys are reported
+with the closest existing key, the study file and its line (``--set`` ones with the flag).
+
+``--set KEY=VALUE`` (:func:`parse_sets`) overrides one invocation of ``ablate run``/``configs``/
+``plan``: the value is read as YAML, as in a study file. It is part of the run's config and run
+key; ``run.json`` records it (``RunInfo.sets``) so that status and report resolve the config the
+run trained with.
 
 mmengine is imported here but torch and mmseg are not: custom imports (``freqfusion``) are left to
 the process that builds the model, so that resolving configs stays fast.
@@ -51,13 +56,15 @@ def load_base(study: Study):
 _BASE_CACHE: dict = {}
 
 
-def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
+def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None,
+            sets: dict[str, Any] | None = None):
     """The full config of one run.
 
     Args:
         study: the loaded study.
         run: one of ``study.runs(...)``; its variant, profile, seed and work_dir are applied.
         data_root: dataset root for every dataloader; None keeps the base config's.
+        sets: ``--set`` overrides (:func:`parse_sets`), applied after the variant's.
 
     Returns:
         An ``mmengine.Config`` with an extra top-level ``ablate`` dict naming the run.
@@ -67,6 +74,8 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
     variant = study.variant(run.variant)
     apply_overrides(cfg, profile.overrides, study, f"profiles.{profile.name}.overrides")
     apply_overrides(cfg, variant.overrides, study, f"variants.{variant.name}.overrides")
+    if sets:
+        apply_sets(cfg, sets)
     cfg.work_dir = str(run.work_dir)
     cfg.randomness = dict(seed=run.seed, deterministic=False)
     if data_root is not None:
@@ -80,8 +89,36 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
         seed=run.seed,
         work_root=str(run.root.path),
         overrides=dict(variant.overrides),
+        **({"sets": dict(sets)} if sets else {}),
     )
     return cfg
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``["train_cfg.max_iters=20"]`` -> ``{"train_cfg.max_iters": 20}``; values read as YAML.
+
+    Raises:
+        ConfigError: an item without ``=`` or a key, or a value that is not YAML.
+    """
+    import yaml
+
+    from ablate.study import read_value
+
+    sets: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. --set train_cfg.max_iters=20")
+        try:
+            sets[key.strip()] = read_value(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item}: the value is not YAML ({str(exc).splitlines()[0]})") from None
+    return sets
+
+
+def apply_sets(cfg, sets: dict[str, Any]) -> None:
+    """Set ``--set`` keys as :func:`apply_overrides` sets a study's; ConfigError names the flag."""
+    _apply(cfg, sets, lambda dotted: f"--set {dotted}")
 
 
 def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) -> None:
@@ -90,9 +127,22 @@ def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) ->
     A key that does not exist is a ConfigError, and so is a value that does not fit the base
     config's (:func:`value_problem`); a key prefixed with ``+`` adds a key or replaces a value
     unchecked, the escape hatch for what the checks cannot know.
+
+    Args:
+        cfg: the config, changed in place.
+        overrides: ``{dotted key: value}`` of a profile or variant.
+        study: the study, for the file and line of each key.
+        where: ``"variants.dwt.overrides"`` or ``"profiles.smoke.overrides"``.
     """
+    section, name = where.split(".")[:2]  # "variants", "dwt"
+    _apply(cfg, overrides, lambda dotted: (f"{study.locations.get(f'{where}.{dotted}', study.path.name)}: "
+                                           f"{section[:-1]} `{name}`"))
+
+
+def _apply(cfg, items: dict[str, Any], source) -> None:
+    """Set ``items`` on ``cfg``; every problem, prefixed with ``source(dotted key)``, in one ConfigError."""
     problems = []
-    for dotted, value in overrides.items():
+    for dotted, value in items.items():
         adding = dotted.startswith("+")
         key = dotted.lstrip("+")
         parent, leaf, reason = _walk(cfg, key.split("."))
@@ -101,9 +151,7 @@ def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) ->
             old = parent[int(leaf)] if isinstance(parent, list) else parent[leaf]
             reason = value_problem(key, old, value)
         if reason is not None and not (adding and parent is not None):
-            location = study.locations.get(f"{where}.{dotted}", study.path.name)
-            section, name = where.split(".")[:2]  # "variants", "dwt"
-            problems.append(f"{location}: {section[:-1]} `{name}`: {reason}")
+            problems.append(f"{source(dotted)}: {reason}")
             continue
         if isinstance(parent, list):
             parent[int(leaf)] = value

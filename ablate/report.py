@@ -12,11 +12,18 @@ Reads nothing from disk; writes ``<out>/<study>/<profile>.{md,csv,tex,json,png}`
   (p-values to 3 significant digits), so that ``pandas.read_csv`` and spreadsheets read it as is.
   It carries no prose: the profile label and the conventions are in the Markdown and the JSON.
 - JSON is :meth:`Results.to_dict`: every number unrounded, with label, conventions, notes, problems,
-  variants and runs.
+  variants, effects, claims and runs.
+
+A study with factors or claims also gets, in the markdown and LaTeX, an effects table (each term:
+its contrast, estimate, 95 % interval over seeds, n, the paper's implied value) and a claims table
+(each claim: the difference it tests with its interval, the paper's, the verdict); the plot gets a
+second panel with those estimates and intervals, the paper's values marked. Columns and legend
+entries about the paper appear only when the study has paper numbers for them.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -100,7 +107,57 @@ def cells(results: Results) -> pd.DataFrame:
         _num(v[FLOPS.paper], 2).where(base, _signed(v[FLOPS.paper_delta], 2)),
         v["status"],
     ]
-    return pd.concat(columns, axis=1).set_axis(headers(results), axis=1)
+    table = pd.concat(columns, axis=1).set_axis(headers(results), axis=1)
+    # a study without paper numbers of a kind gets no columns for them (a dsconv row without them: dashes)
+    unused = {3: "paper_miou", 4: "miou_vs_paper", 8: PARAMS.paper, 11: FLOPS.paper}
+    keep = [i for i in range(table.shape[1]) if i not in unused or v[unused[i]].notna().any()]
+    return table.iloc[:, keep]
+
+
+def effect_cells(results: Results) -> pd.DataFrame:
+    """The effects table as display strings: term, contrast, estimate, 95 % CI, n (and paper, when given)."""
+    e = results.effects
+    table = pd.DataFrame({
+        "term": e.index.astype(str), "contrast": e["contrast"], "estimate": _signed(e["estimate"], 2),
+        "95 % CI": [_interval(lo, hi, n) for lo, hi, n in e[["ci_low", "ci_high", "n"]].itertuples(index=False)],
+        "n": e["n"].astype(int).astype(str), "paper": _signed(e["paper"], 2)}, index=e.index)
+    return table if e["paper"].notna().any() else table.drop(columns="paper")
+
+
+def claim_cells(results: Results) -> pd.DataFrame:
+    """The claims table as display strings: one row per claim, its comparisons' differences joined by ``;``."""
+    rows = []
+    for record in results.claim_records():
+        parts = record["parts"]
+        several = len(parts) > 1
+        rows.append({
+            "claim": record["claim"], "test": record["test"],
+            "difference [95 % CI]": "; ".join(
+                f"{p['contrast']}: " + (f"{DASH} (n={p['n']})" if p["estimate"] is None else
+                                        f"{_signed_one(p['estimate'])} {_interval(p['ci_low'], p['ci_high'], p['n'])}")
+                + (f" ({p['verdict']})" if several else "") for p in parts),
+            "paper": "; ".join(_signed_one(p["paper"]) for p in parts),
+            "verdict": (f"{record['verdict']} at n={record['n']}" if record["n"] >= 2
+                        else f"{record['verdict']} (n={record['n']}: no interval)"),
+        })
+    table = pd.DataFrame(rows, columns=["claim", "test", "difference [95 % CI]", "paper", "verdict"])
+    has_paper = results.claims["paper"].notna().any()
+    return table if has_paper else table.drop(columns="paper")
+
+
+def evidence_title(results: Results, kind: str) -> str:
+    """``Effects on the best mIoU, 95 % intervals over seeds``."""
+    return f"{kind} on the {results.compare_miou} mIoU, 95 % intervals over seeds"
+
+
+def _interval(low, high, n) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"unknown (n={int(n)})"
+    return f"[{_signed_one(low)}, {_signed_one(high)}]"
+
+
+def _signed_one(x) -> str:
+    return _signed(pd.Series([math.nan if x is None else x], dtype=float), 2).iloc[0]
 
 
 def lead(results: Results) -> list[str]:
@@ -159,9 +216,23 @@ def render_markdown(results: Results) -> str:
     lines.append("| " + " | ".join(table.columns) + " |")
     lines.append("|" + "|".join([":---"] + ["---:"] * (table.shape[1] - 2) + [":---"]) + "|")
     lines.extend("| " + " | ".join(_md(c) for c in row) + " |" for row in table.itertuples(index=False, name=None))
+    for kind, extra in (("Effects", effect_cells), ("Claims", claim_cells)):
+        frame = getattr(results, kind.lower())
+        if frame.empty:
+            continue
+        cells_ = extra(results)
+        lines += ["", f"**{evidence_title(results, kind)}**", "",
+                  "| " + " | ".join(cells_.columns) + " |",
+                  "|" + "|".join(":---" if c in _TEXT_COLUMNS else "---:" for c in cells_.columns) + "|"]
+        lines.extend("| " + " | ".join(_md(c) for c in row) + " |" for row in cells_.itertuples(index=False, name=None))
     for title, items in footer(results):
         lines += ["", f"**{title}**", ""] + [f"- {_md(item)}" for item in items]
     return "\n".join(lines) + "\n"
+
+
+_TEXT_COLUMNS = ("term", "contrast", "claim", "test", "difference [95 % CI]", "verdict")
+# LaTeX: the claims' prose wraps within the page instead of running off it
+_WRAPPED = {"claim": "p{0.2\\linewidth}", "test": "p{0.18\\linewidth}", "difference [95 % CI]": "p{0.3\\linewidth}"}
 
 
 def csv_frame(results: Results) -> pd.DataFrame:
@@ -215,7 +286,21 @@ def render_latex(results: Results) -> str:
         lines.append(f"\\par\\textbf{{{latex_escape(title)}.}}")
         lines.extend(f"\\par {latex_escape(item)}" for item in items)
     lines += ["\\par}", "\\end{table}"]
+    for kind, extra in (("Effects", effect_cells), ("Claims", claim_cells)):
+        if not getattr(results, kind.lower()).empty:
+            lines += ["", *_latex_table(extra(results), f"{evidence_title(results, kind)}. {label}",
+                                        f"tab:{_label_key(results.study)}-{_label_key(results.profile)}-{kind.lower()}")]
     return "\n".join(lines) + "\n"
+
+
+def _latex_table(table: pd.DataFrame, caption: str, key: str) -> list[str]:
+    """One more booktabs table (effects, claims) below the main one."""
+    spec = "".join(_WRAPPED.get(c, "l" if c in _TEXT_COLUMNS else "r") for c in table.columns)
+    lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{latex_escape(caption)}.}}",
+             f"\\label{{{key}}}", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+             " & ".join(latex_escape(h) for h in table.columns) + " \\\\", "\\midrule"]
+    lines.extend(" & ".join(latex_escape(c) for c in row) + " \\\\" for row in table.itertuples(index=False, name=None))
+    return lines + ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
 
 
 _LATEX = {
@@ -223,7 +308,7 @@ _LATEX = {
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
     "|": r"\textbar{}",
     "\u0394": r"$\Delta$", "\u00b1": r"$\pm$", MARKER: r"$^\dagger$", DASH: "---", "\u2212": "$-$",
-    "\u2264": r"$\leq$", "\u00d7": r"$\times$",
+    "\u2264": r"$\leq$", "\u00d7": r"$\times$", "\u00b7": r"$\cdot$",
 }
 
 
@@ -245,17 +330,31 @@ def _label_key(name: str) -> str:
 
 
 def plot(results: Results, path: str | os.PathLike) -> Path:
-    """mIoU against GMACs: the paper's points hollow, ours filled (± std), each labelled by variant."""
+    """mIoU against GMACs (the paper's points hollow, ours filled with ± std bars over seeds, each
+    labelled by variant) and, for a study with factors or claims, its effects beside it."""
     # lazy, and without pyplot: no global figure state, the Agg canvas renders without a display
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(7.0, 4.8))
+    evidence = not (results.effects.empty and results.claims.empty)
+    fig = Figure(figsize=(14.0, 4.8) if evidence else (7.0, 4.8))
     FigureCanvasAgg(fig)
     # fixed margins: a layout engine would draw the figure twice, and plotting must stay fast
-    fig.subplots_adjust(left=0.09, right=0.97, bottom=0.11, top=0.88)
-    ax = fig.add_subplot()
+    if evidence:  # the effects' labels need the room between the panels
+        grid = fig.add_gridspec(1, 2, width_ratios=(1.15, 1.0), left=0.05, right=0.98, bottom=0.11, top=0.88,
+                                wspace=0.32)
+        _plot_miou(results, fig.add_subplot(grid[0]))
+        _plot_effects(results, fig.add_subplot(grid[1]))
+    else:
+        fig.subplots_adjust(left=0.09, right=0.97, bottom=0.11, top=0.88)
+        _plot_miou(results, fig.add_subplot())
+    fig.savefig(path, format="png", dpi=100)
+    return Path(path)
+
+
+def _plot_miou(results: Results, ax) -> None:
+    from matplotlib.lines import Line2D
+
     compared = results.compared
     paper, ours, labels = [], [], []  # (x, y, color), (x, y, std, color), (text, (x, y), color)
     for i, rec in enumerate(results.records()):
@@ -277,24 +376,69 @@ def plot(results: Results, path: str | os.PathLike) -> Path:
             ax.annotate(text, at, textcoords="offset points", xytext=(-7 if left else 7, 5), fontsize=8,
                         color=color, ha="right" if left else "left")
     # one call per kind of mark: each matplotlib artist costs milliseconds, reports must stay fast
+    handles = []
     if paper:
         x, y, colors = zip(*paper)
         ax.scatter(x, y, s=80, facecolors="none", edgecolors=colors, linewidths=1.5)
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.3",
+                              label="paper"))
     if ours:
         x, y, std, colors = zip(*ours)
-        ax.vlines(x, [m - s for m, s in zip(y, std)], [m + s for m, s in zip(y, std)], colors=colors, linewidth=1.5)
+        low, high = [m - s for m, s in zip(y, std)], [m + s for m, s in zip(y, std)]
+        ax.vlines(x, low, high, colors=colors, linewidth=1.5)
+        caps = [(xi, yi + sign * s, c) for xi, yi, s, c in ours if s for sign in (-1, 1)]
+        if caps:  # the ends of the bars: they are error bars, not lines
+            cx, cy, cc = zip(*caps)
+            ax.scatter(cx, cy, marker="_", s=60, c=cc, linewidths=1.5)
         ax.scatter(x, y, s=60, c=colors, zorder=3)
-    ax.legend(handles=[
-        Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="0.3", label="paper"),
-        Line2D([], [], marker="o", linestyle="", color="0.3", label=f"measured ({results.profile} profile)"),
-    ], loc="best", fontsize=8)
+        handles.append(Line2D([], [], marker="o", linestyle="", color="0.3",
+                              label=f"measured ({results.profile} profile), \u00b1 std over seeds"))
+    if handles:
+        ax.legend(handles=handles, loc="best", fontsize=8)
     shape = "x".join(str(s) for s in results.input_shape)
-    ax.set_xlabel(f"GMACs, one {shape} image, inference (paper: hook counter, no matrix products)")
+    counter = " (paper: hook counter, no matrix products)" if paper else ""
+    ax.set_xlabel(f"GMACs, one {shape} image, inference{counter}")
     ax.set_ylabel(f"mIoU (%), {results.compare_miou} evaluation")
     ax.set_title(f"{results.title}\n{results.profile_label}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.15, y=0.1)  # room for the labels beside the points
     if not paper and not ours:
         ax.text(0.5, 0.5, "no numbers to plot yet", transform=ax.transAxes, ha="center", va="center")
-    fig.savefig(path, format="png", dpi=100)
-    return Path(path)
+
+
+def _plot_effects(results: Results, ax) -> None:
+    """Effects and claims' differences, top to bottom: estimate with its 95 % interval, the paper's value."""
+    from matplotlib.lines import Line2D
+
+    rows, seen = [], set()  # one dict per row; a claim's difference equal to an effect is shown once
+    for term, e in results.effects.iterrows():
+        rows.append({"label": str(term), **e[["estimate", "ci_low", "ci_high", "paper", "n"]]})
+        seen.add(e["contrast"])
+    for _, c in results.claims.iterrows():
+        if c["contrast"] not in seen:
+            rows.append({"label": c["comparison"], **c[["estimate", "ci_low", "ci_high", "paper", "n"]]})
+            seen.add(c["contrast"])
+    ys = list(range(len(rows), 0, -1))  # the first row on top
+    for row in rows:
+        row["interval"] = not (pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]))
+    known = [(y, r["ci_low"], r["ci_high"]) for y, r in zip(ys, rows) if r["interval"]]
+    if known:
+        ax.hlines(*zip(*known), color="C0", linewidth=2)
+    points = [(r["estimate"], y) for y, r in zip(ys, rows) if not pd.isna(r["estimate"])]
+    if points:
+        ax.scatter(*zip(*points), s=40, color="C0", zorder=3)
+    papers = [(r["paper"], y) for y, r in zip(ys, rows) if not pd.isna(r["paper"])]
+    if papers:
+        ax.scatter(*zip(*papers), s=70, marker="D", facecolors="none", edgecolors="C3", linewidths=1.5, zorder=4)
+    ax.axvline(0.0, color="0.4", linewidth=1)
+    ax.set_yticks(ys, [r["label"] + ("" if r["interval"] else f" (n={int(r['n'])}: no interval)") for r in rows],
+                  fontsize=8)
+    ax.set_ylim(0.3, len(rows) + 0.7)
+    ax.set_xlabel(f"difference in mIoU (%), {results.compare_miou} evaluation")
+    ax.set_title("effects and claims: estimate and 95 % interval over seeds", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    handles = [Line2D([], [], marker="o", color="C0", label="measured, 95 % interval")]
+    if papers:
+        handles.append(Line2D([], [], marker="D", linestyle="", markerfacecolor="none", markeredgecolor="C3",
+                              label="paper (implied)"))
+    ax.legend(handles=handles, loc="best", fontsize=8)

@@ -50,7 +50,12 @@ gmacs ...              the same five for FLOPs in G MACs: ``gmacs``, ``gmacs_del
 
 Read sites name these columns through :data:`MIOU` (per mIoU kind), :data:`PARAMS` and :data:`FLOPS`
 (Results.compared gives the compared kind's), never by formatting strings. scipy is imported only for
-a paired t-test, so a one-seed report does not pay for it.
+a paired t-test or an interval, so a one-seed report does not pay for it.
+
+A study with ``factors`` also gets ``Results.effects`` (one row per main effect and interaction)
+and one with ``claims`` gets ``Results.claims`` (one row per comparison, with verdicts), both from
+one OLS fit of the compared mIoU with seed as a block (:mod:`ablate.effects` says how, and
+:mod:`ablate.contrasts` what each effect means); ``Results.seed_noise`` is that fit's residual std.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ from typing import Any
 
 import pandas as pd
 
+from ablate import effects as fx
+from ablate.contrasts import factorial_terms
 from ablate.study import Study, load_study
 
 ALPHA = 0.05  # a paired t-test below this marks the delta to the baseline
@@ -140,6 +147,11 @@ class Results:
     conventions: dict[str, str]
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # indexed by term, columns effects.EFFECT_COLUMNS; no rows without factors
+    effects: pd.DataFrame = field(default_factory=lambda: _no_effects())
+    # one row per comparison of a claim, columns effects.CLAIM_COLUMNS; no rows without claims
+    claims: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(fx.CLAIM_COLUMNS)))
+    seed_noise: dict[str, Any] = field(default_factory=dict)  # {"std": residual std (NaN: one seed), "df": ...}
 
     @property
     def compared(self) -> MiouColumns:
@@ -160,6 +172,17 @@ class Results:
         """The variant rows as JSON-ready dicts, ``variant`` first (NaN -> None)."""
         return [_plain(row) for row in self.variants.reset_index().to_dict("records")]
 
+    def claim_records(self) -> list[dict[str, Any]]:
+        """One dict per claim: its words, test, verdict and fewest seeds, with one dict per comparison."""
+        out = []
+        for (claim, test), rows in self.claims.groupby(["claim", "test"], sort=False):
+            parts = [_plain({k: row[k] for k in ("comparison", "contrast", "estimate", "se", "df", "ci_low",
+                                                 "ci_high", "n", "paper", "verdict")})
+                     for row in rows.to_dict("records")]
+            out.append({"claim": claim, "test": test, "verdict": rows["claim_verdict"].iloc[0],
+                        "n": int(rows["n"].min()), "parts": parts})
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable report: every number unrounded, with conventions and notes."""
         return {
@@ -177,6 +200,9 @@ class Results:
             "notes": list(self.notes),
             "problems": list(self.problems),
             "variants": self.records(),
+            "effects": [_plain(row) for row in self.effects.reset_index().to_dict("records")],
+            "claims": self.claim_records(),
+            "seed_noise": _plain(self.seed_noise),
             "runs": [_plain(row) for row in self.runs.to_dict("records")],
             "measurements": _plain(self.measurements),
         }
@@ -242,6 +268,9 @@ def summarize(
     for cost in (PARAMS, FLOPS):
         variants = variants.join(_cost_stats(study, runs, measurements, names, cost))
     variants = variants[list(VARIANT_COLUMNS)]
+    fit = fx.Fit(counted, compared.run, list(names))
+    effects = fx.effects_frame(study, fit) if study.factors else _no_effects()
+    claims = fx.claims_frame(study, fit)
 
     comparable = spec.data != "synthetic" and not spec.overrides
     return Results(
@@ -249,8 +278,10 @@ def summarize(
         profile_label=profile_label(study, profile, runs, comparable), comparable=comparable,
         include_stale=include_stale, baseline=study.baseline, compare_miou=study.compare_miou,
         input_shape=tuple(study.input_shape), variants=variants, runs=given, measurements=measurements,
-        conventions=conventions(study), notes=_notes(study, runs, variants, measurements, include_stale),
-        problems=list(problems or []),
+        conventions=conventions(study), notes=_notes(study, runs, variants, measurements, include_stale) + _fit_notes(
+            study, fit, counted, pd.concat([effects, claims])), problems=list(problems or []), effects=effects,
+        claims=claims,
+        seed_noise={"std": fit.seed_std, "df": fit.df, "mIoU": study.compare_miou},
     )
 
 
@@ -383,11 +414,13 @@ def profile_label(study: Study, profile: str, runs: pd.DataFrame, comparable: bo
 
 
 def conventions(study: Study) -> dict[str, str]:
-    """What each number means; every report format prints these."""
+    """What each number means; every report format prints these (about the paper only when it has numbers)."""
     shape = "x".join(str(s) for s in study.input_shape)
-    return {
+    paper = any(v.paper for v in study.variants.values())
+    out = {
         "mIoU": ("percent, mmseg IoUMetric on the validation split; `best` is the best evaluation of a run, "
-                 f"`last` its last; comparisons with the baseline and the paper use `{study.compare_miou}`"),
+                 f"`last` its last; comparisons with the baseline{' and the paper' if paper else ''} use "
+                 f"`{study.compare_miou}`"),
         "Params": "all parameters of the segmentor, in millions",
         "FLOPs": (f"G multiply-accumulates (MACs) for one {shape} image in inference mode, the mmseg/mmengine "
                   "table convention; every matrix product is counted, also inside attention (SDPA) and CARAFE"),
@@ -399,6 +432,68 @@ def conventions(study: Study) -> dict[str, str]:
         "paper": ("Params and FLOPs of non-baseline rows are printed as deltas to the paper's baseline, "
                   "as the paper does"),
     }
+    if not paper:
+        del out["paper FLOPs"], out["paper"]
+        out["statistics"] = out["statistics"][:out["statistics"].index("; `within noise`")]
+    if study.factors or study.claims:
+        out.update(_evidence_conventions(study))
+    return out
+
+
+def _evidence_conventions(study: Study) -> dict[str, str]:
+    """How effects, intervals and verdicts are defined, in the study's own names."""
+    out = {}
+    base = study.variant(study.baseline)
+    if study.factors:
+        terms = factorial_terms(study.factors, study.cells())
+        main = next(t for t in terms if len(t.levels) == 1)
+        example = f"`{main.name}` = {main.contrast.text()}"
+        pair = next((t for t in terms if len(t.levels) == 2), None)
+        if pair is not None:
+            example += f"; `{pair.name}` = {pair.contrast.text()}"
+        out["effects"] = (
+            f"treatment coding from the baseline `{base.name}` ("
+            + ", ".join(f"{f.name} {f.reference}" for f in study.factors.values())
+            + "): a factor's effect is the difference its level makes with every other factor at the "
+            "baseline's level (a simple effect, as each row of an ablation table adds one change to the "
+            "baseline), an interaction the difference of those differences: " + example + ". These are the "
+            "OLS coefficients of the factorial model in treatment coding; the main effect averaged over the "
+            "other factors' levels is not shown (for 2x2: the effect plus half the interaction)"
+            + ("; paper: the same contrast of the paper's mIoU" if any(v.paper for v in study.variants.values())
+               else ""))
+    out["intervals"] = (
+        f"95 % confidence intervals over seeds from one OLS fit of the {study.compare_miou} mIoU on the variant "
+        "with the seed as a block (one noise level for every variant): estimate ± t(0.975, df) · se; "
+        "n: the fewest seeds of a variant in the contrast; under 2 leaves the interval unknown")
+    if study.claims:
+        out["claims"] = (
+            "supported: the 95 % interval of the difference lies on the claimed side of 0; contradicted: on "
+            "the other side; inconclusive: it contains 0, or a compared variant has fewer than 2 seeds (never "
+            "a verdict from one run); several comparisons: supported if all are, contradicted if one is; "
+            "no correction for the number of claims")
+    return out
+
+
+def _fit_notes(study: Study, fit, counted: pd.DataFrame, estimates: pd.DataFrame) -> list[str]:
+    """What the seeds allow: the noise they show and whether it hides the paper's differences, or that
+    one seed shows none. ``estimates``: the effects and claims rows (``ci_low``, ``ci_high``, ``paper``)."""
+    if not (study.factors or study.claims) or counted.empty:
+        return []
+    if fit.df <= 0:
+        return ["one seed per variant: effects have no interval and claims no verdict; "
+                "`ablate plan --power` says how many seeds the paper's differences need"]
+    note = (f"seed noise: residual std {fit.seed_std:.2f} mIoU over seeds ({fit.df} df; each seed's shift "
+            "common to all variants removed)")
+    half = ((estimates["ci_high"] - estimates["ci_low"]) / 2).min()
+    paper = estimates["paper"].abs().max()
+    if not (pd.isna(half) or pd.isna(paper)) and half > paper:
+        note += (f"; the narrowest 95 % interval is ±{half:.2f}, wider than every difference the paper "
+                 f"reports (at most {paper:.2f}): at these seeds, noise hides them")
+    return [note + "; `ablate plan --power` turns it into the seeds each difference needs"]
+
+
+def _no_effects() -> pd.DataFrame:
+    return pd.DataFrame(columns=list(fx.EFFECT_COLUMNS)).rename_axis("term")
 
 
 def _notes(study: Study, runs: pd.DataFrame, variants: pd.DataFrame, measurements: dict,
@@ -414,6 +509,10 @@ def _notes(study: Study, runs: pd.DataFrame, variants: pd.DataFrame, measurement
             notes.append(f"{run} is stale: its config changed since it ran; {counted}")
         elif row.status != "done":
             notes.append(f"{run} is {row.status}")
+    schedules = runs.loc[runs["status"].isin(["done", "stale"]), "max_iters"].dropna().value_counts().sort_index()
+    if len(schedules) > 1:  # `ablate run --set train_cfg.max_iters=...` on some runs
+        notes.append("runs trained for different numbers of iterations: "
+                     + ", ".join(f"{int(iters)} ({count} runs)" for iters, count in schedules.items()))
     for name in study.variants:
         found = measurements.get(name) or {}
         if "error" in found:

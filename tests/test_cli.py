@@ -99,8 +99,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 
 def test_bad_override_key_in_a_study_file(tmp_path):
     study = (REPO / "experiments" / "table2.yaml").read_text().replace(
-        "model.decode_head.use_dwt: true\n    paper: {mIoU: 44.03",
-        "model.decode_head.use_dwtt: true\n    paper: {mIoU: 44.03")
+        "dwt: {off: {}, on: {model.decode_head.use_dwt: true}}", "dwt: {off: {}, on: {model.decode_head.use_dwtt: true}}")
     (tmp_path / "_base_").symlink_to(REPO / "experiments" / "_base_")
     (tmp_path / "broken.yaml").write_text(study)
     code, out = invoke("configs", str(tmp_path / "broken.yaml"), "--out", str(tmp_path / "out"))

@@ -69,9 +69,16 @@ def results():
     return summarized(two_seeds())
 
 
-def table_rows(markdown: str) -> list[list[str]]:
-    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split(" | ")] for line in lines]
+def table_rows(markdown: str, table: int = 0) -> list[list[str]]:
+    """The header and rows of the markdown's ``table``-th table (0: the variants), separator left out."""
+    tables, previous = [], False
+    for line in markdown.splitlines():
+        if line.startswith("| "):
+            if not previous:
+                tables.append([])
+            tables[-1].append([cell.strip() for cell in line.strip("|").split(" | ")])
+        previous = line.startswith("|")
+    return tables[table]
 
 
 # --------------------------------------------------------------------------- markdown
@@ -202,7 +209,7 @@ def test_latex_is_booktabs_and_escaped(results):
     results.variants.loc["dwt", "label"] = "DWT_FF & 50% #1 {x} ~$^\\"
     text = report.render_latex(results)
     assert text.startswith("% Table 2") and "needs \\usepackage{booktabs}" in text.splitlines()[0]
-    lines = text.splitlines()
+    lines = text[:text.index("\\end{table}")].splitlines()  # the variants' table (effects and claims follow)
     for rule in ("\\begin{tabular}{lrrrrrrrrrrrl}", "\\toprule", "\\midrule", "\\bottomrule", "\\end{tabular}"):
         assert lines.count(rule) == 1, rule
     top, mid, bottom = (lines.index(rule) for rule in ("\\toprule", "\\midrule", "\\bottomrule"))
@@ -249,11 +256,15 @@ def test_plot_marks_paper_points_hollow_and_ours_filled(results, tmp_path, monke
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: saved.append(self))
     report.plot(results, tmp_path / "x.png")
     ax = saved[0].axes[0]
-    paper, ours = (c for c in ax.collections if isinstance(c, PathCollection))  # the two scatter calls
+    paper, caps, ours = (c for c in ax.collections if isinstance(c, PathCollection))  # the three scatter calls
     assert paper.get_offsets().tolist() == [[7.03, 43.52], [7.12, 44.03], [7.04, 43.75], [7.13, 44.12]]
     assert paper.get_facecolors().size == 0 and paper.get_edgecolors().shape[0] == 4  # hollow
     assert ours.get_offsets().tolist() == [[7.112, 40.5], [7.205, 41.55], [24.131, 40.6]]  # not dwt_attention
     assert ours.get_facecolors().shape[0] == 3  # filled
+    # error bars end at mean -+ std (ddof=1) of the seeds: baseline 40, 41; dwt 41, 42.1; attention has one seed
+    half, dwt_half = 0.5 ** 0.5, 1.1 / 2 ** 0.5
+    assert caps.get_offsets().flatten().tolist() == pytest.approx(
+        [7.112, 40.5 - half, 7.112, 40.5 + half, 7.205, 41.55 - dwt_half, 7.205, 41.55 + dwt_half])
     labels = {t.get_text() for t in ax.texts}
     assert labels == {"SegNeXt + FreqFusion", "+ DWT", "+ Attention", "+ DWT + Attention"}
     figure = saved[0]

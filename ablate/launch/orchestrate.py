@@ -2,7 +2,7 @@
 
 Reads each run folder through :func:`ablate.runs.read_state`. Before a launch it takes the run's
 lock and writes ``config.py`` (resolved) and ``run.json`` (config hash and key, launcher, lock
-token, data root); the worker and the launcher write the rest (see :mod:`ablate.runs`). Returns
+token, data root, ``--set`` overrides); the worker and the launcher write the rest (see :mod:`ablate.runs`). Returns
 one :class:`~ablate.launch.base.RunOutcome` per run and leaves exit codes to the CLI; the only
 output is progress on a console, when one is given. No backend is named here: a launcher's
 handles answer for their runs, and :func:`ablate.launch.job_state` asks the backend that
@@ -63,6 +63,7 @@ class RunDecision:
     note: str = ""  # resume point, lock holder, job state, changed keys
     changed: list[str] = field(default_factory=list)
     discard: bool = False  # whether the folder is emptied before the launch
+    sets: dict[str, Any] = field(default_factory=dict)  # `--set` overrides in cfg, recorded in run.json
 
 
 def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | None, create: bool = True) -> Path:
@@ -95,7 +96,8 @@ def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | Non
 
 
 def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool = False,
-              overrides: Overrides = None, steal_locks: bool = False) -> list[RunDecision]:
+              overrides: Overrides = None, sets: dict[str, Any] | None = None,
+              steal_locks: bool = False) -> list[RunDecision]:
     """Resolve each run's config and decide what to do with it (the rules in the module doc).
 
     Args:
@@ -105,14 +107,15 @@ def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool 
         restart: whether runs whose config changed are trained again (else they are conflicts).
         overrides: extra dotted config keys for every run, or ``f(run, cfg)`` returning them per run
             (``--wandb``: :func:`ablate.tracking.overrides_for` adds a vis backend).
+        sets: ``--set`` overrides (:func:`ablate.configs.parse_sets`): part of the config and its run key.
         steal_locks: whether runs whose lock looks held are launched all the same.
     """
     decisions = []
     for run in runs:
-        cfg = configs.resolve(study, run, data_root=data_root)
+        cfg = configs.resolve(study, run, data_root=data_root, sets=sets)
         if overrides:
             cfg.merge_from_dict(dict(overrides(run, cfg) if callable(overrides) else overrides))
-        decisions.append(decide(run, cfg, restart, steal_locks))
+        decisions.append(dataclasses.replace(decide(run, cfg, restart, steal_locks), sets=dict(sets or {})))
     return decisions
 
 
@@ -186,6 +189,7 @@ def run_study(
     overrides: Overrides = None,
     console=None,
     steal_locks: bool = False,
+    sets: dict[str, Any] | None = None,
 ) -> list[RunOutcome]:
     """Train and evaluate every run that is not done yet; one outcome per run, in ``runs`` order.
 
@@ -198,6 +202,7 @@ def run_study(
         detach: submit and return at once (launchers that outlive this process only).
         overrides: extra dotted config keys for every run (see :func:`plan_runs`).
         console: a rich console for progress, or None for none.
+        sets: ``--set`` overrides for every run (see :func:`plan_runs`), recorded in each run.json.
         steal_locks: take over the runs' locks even from holders that look alive (a lock of a
             process on another host whose heartbeat is not yet 10 minutes old, say).
 
@@ -211,7 +216,7 @@ def run_study(
     """
     if detach and not launcher.can_detach:
         raise LaunchError(f"--detach needs a launcher whose jobs outlive `ablate run` (slurm), not `{launcher.name}`")
-    decisions = plan_runs(study, runs, data_root, restart, overrides, steal_locks)
+    decisions = plan_runs(study, runs, data_root, restart, overrides, sets, steal_locks)
     conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
@@ -278,7 +283,7 @@ def _prepare(decisions: Sequence[RunDecision], launcher: Launcher, data_root: Pa
             digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
             RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
                     host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
-                    data_root=str(data_root), **launcher.run_info()).write(d.run.work_dir)
+                    data_root=str(data_root), sets=d.sets or None, **launcher.run_info()).write(d.run.work_dir)
         except LockHeld as exc:
             outcomes[d.run] = RunOutcome(d.run, "skipped", note=f"running: {exc}")
             continue

@@ -133,6 +133,7 @@ class RunInfo(Record):
     scheduler: str | None = None  # where job_id lives, for launchers with several (slurm: "slurm" | "local")
     data_root: str | None = None  # the dataset root the run trains on
     total_batch: int | None = None  # images per iteration over all processes
+    sets: dict[str, Any] | None = None  # the `--set KEY=VALUE` overrides it was launched with (YAML values)
 
 
 @dataclass
@@ -250,6 +251,12 @@ def _value(value: Any, hint: Any, path: Path, name: str):
         if not isinstance(value, list):
             raise RecordError(path, f"`{name}` is {value!r}, not a list")
         return [_value(item, args[0], path, f"{name}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecordError(path, f"`{name}` is {value!r}, not an object")
+        return {key: _value(item, args[1], path, f"{name}.{key}") for key, item in value.items()}
+    if hint is Any:  # JSON as it came: `--set` values
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path, name)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
