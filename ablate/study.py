@@ -8,6 +8,9 @@ paper's numbers per variant. Every problem in a file is collected, each with its
 raised once as a :class:`~ablate.errors.StudyError`. Whether override keys exist in the base config
 is checked by :mod:`ablate.configs`, which needs mmengine; this module needs only PyYAML.
 
+A variant may name released weights, ``checkpoint:`` (a path relative to the study file, or an
+http(s) URL), which ``ablate eval`` evaluates when no ``--checkpoint`` is given.
+
 Paper numbers are given as the paper prints them: absolute values, or a string such as ``"+0.06"``
 that is relative to the baseline variant's paper value (Table 2 prints Params and FLOPs that way).
 """
@@ -29,7 +32,7 @@ _TOP_KEYS = {
     "name", "title", "description", "base", "baseline", "compare_miou", "seeds", "variants",
     "profiles", "input_shape", "resources", "slurm", "wandb",
 }
-_VARIANT_KEYS = {"label", "overrides", "paper", "description"}
+_VARIANT_KEYS = {"label", "overrides", "paper", "description", "checkpoint"}
 _PROFILE_KEYS = {"description", "overrides", "data", "seeds", "sec_per_iter"}
 _DATA_CHOICES = ("synthetic", "required")
 
@@ -42,6 +45,7 @@ class Variant:
     label: str
     overrides: dict[str, Any]
     paper: dict[str, float]  # absolute values, relative entries already resolved
+    checkpoint: str | None = None  # released weights for `ablate eval`: an http(s) URL or an absolute path
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,9 @@ def load_study(name_or_path: str) -> Study:
             overrides = {}
         paper = _paper_numbers(name, raw.get("paper") or {}, baseline_paper, name == baseline,
                                lambda msg, k=where: problem(f"{k}.paper", msg))
-        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper)
+        checkpoint = _checkpoint(path, name, raw.get("checkpoint"),
+                                 lambda msg, k=where: problem(f"{k}.checkpoint", msg))
+        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper, checkpoint)
 
     profiles = {}
     profiles_raw = data.get("profiles") or {}
@@ -290,6 +296,23 @@ def _paper_numbers(variant, raw, baseline_raw, is_baseline, problem) -> dict[str
         else:
             problem(f"variant `{variant}`: paper {metric} `{value}` is not a number")
     return numbers
+
+
+def _checkpoint(path: Path, variant: str, value, problem) -> str | None:
+    """A variant's ``checkpoint:``, an http(s) URL or a path relative to the study file, made absolute.
+
+    Whether the file exists is left to ``ablate eval``: released weights are often fetched later.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problem(f"variant `{variant}`: `checkpoint` must be a path or an http(s) URL, not {value!r}")
+        return None
+    if "://" in value:
+        if not value.startswith(("http://", "https://")):
+            problem(f"variant `{variant}`: `checkpoint` URL `{value}`: only http:// and https:// are fetched")
+        return value
+    return os.path.abspath(path.parent / os.path.expanduser(value))
 
 
 def _hint(key: str, choices) -> str:
