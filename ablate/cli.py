@@ -210,13 +210,15 @@ def report(
 ) -> None:
     """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON; `-f all`: also a plot).
 
-    Exits 1 when a result.json cannot be read: that run is named and left out, the rest is reported.
+    Checkpoints evaluated by `ablate eval` are shown as a "released weights" table of their own.
+    Exits 1 when a result.json or evaluation.json cannot be read: it is named and left out, the rest is reported.
     """
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
     from ablate import tracking
     from ablate.collect import collect, measure_variants, with_measurements
     from ablate.errors import ReportError
+    from ablate.evaluate import read_evaluations
     from ablate.launch import job_state
     from ablate.report import parse_formats, render_markdown, write_reports
     from ablate.results import summarize
@@ -228,8 +230,9 @@ def report(
     if log_to_wandb:
         tracking.require(ReportError)  # before collecting and measuring
     collection = collect(spec, profile, measure=False, job_state=job_state)
-    problems = collection.problems
-    if not problems and all(s.status.value in ("pending", "queued") for s in collection.states):
+    released, unreadable = read_evaluations(spec, profile)  # checkpoints `ablate eval` evaluated
+    problems = collection.problems + unreadable
+    if not problems and not released and all(s.status.value in ("pending", "queued") for s in collection.states):
         where = WorkRoot.of(None).profile_dir(spec.name, profile)
         resumable = sum(s.checkpoint is not None for s in collection.states)
         state = (f"{resumable} of {len(collection.states)} can resume from a checkpoint" if resumable
@@ -238,7 +241,7 @@ def report(
                           f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
     if measure:
         collection = with_measurements(collection, measure_variants(spec, profile))
-    results = summarize(spec, profile, collection.runs, collection.measurements, problems)
+    results = summarize(spec, profile, collection.runs, collection.measurements, problems, released=released)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")
