@@ -158,7 +158,7 @@ def _build_runner(cfg, eval_dir: Path, variant: str, progress: ProgressFn | None
     from mmengine.utils import import_modules_from_strings
     from mmseg.utils import register_all_modules
 
-    from ablate.train import FormatOnceConfig
+    from ablate.train import FormatOnceConfig, SeededValidation
 
     imports = (cfg.get("custom_imports") or {}).get("imports") or []
     try:
@@ -202,6 +202,7 @@ def _build_runner(cfg, eval_dir: Path, variant: str, progress: ProgressFn | None
             progress(self.done, self.total)
 
     runner = QuietRunner.from_cfg(cfg)
+    runner.register_hook(SeededValidation())  # as the worker evaluates: the same weights give the same mIoU
     if progress is not None:
         runner.register_hook(ProgressHook())
     return runner

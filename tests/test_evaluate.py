@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_BASE, _tiny_study_text
+from conftest import TINY_BASE, _tiny_study_text  # the tiny_study fixture's parts: one trained run for the module
 from hand_runs import runs_frame
 from typer.testing import CliRunner
 
@@ -164,6 +164,31 @@ def test_the_weights_given_are_the_weights_evaluated(trained, tmp_path):
     assert code == 0, err
     assert re.search(r"^a: mIoU 0\.00  aAcc 0\.00 ", out, re.M), out
     assert result["miou_last"] > 0
+
+
+def test_every_evaluation_starts_from_one_random_state_and_training_keeps_its_own():
+    from mmseg.models.decode_heads.ham_head import NMF2D
+
+    from ablate.train import SeededValidation
+
+    nmf = NMF2D(dict(MD_R=4)).eval()  # LightHamHead's matrix decomposition: random bases on every forward pass
+    x = torch.rand(1, 16, 6, 6)
+    assert not torch.equal(nmf(x), nmf(x))
+    hook = SeededValidation()
+
+    def evaluation():
+        hook.before_val_epoch(runner=None)
+        y = nmf(x)
+        hook.after_val_epoch(runner=None)
+        return y
+
+    torch.manual_seed(1)
+    first, then = evaluation(), torch.rand(3)
+    torch.manual_seed(2)
+    torch.rand(100)  # training drew other numbers before this evaluation
+    assert torch.equal(evaluation(), first)
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(3), then)  # training continues as if no evaluation had run
 
 
 def test_weights_of_another_architecture_are_one_line_naming_the_keys(trained, tmp_path):
