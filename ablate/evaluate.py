@@ -3,7 +3,9 @@
 The cheapest reproduction of a table is to evaluate the weights its authors released. This
 module loads a checkpoint into a variant's model and runs mmengine's validation loop over the
 profile's validation split: the loop, dataloader and metric (mmseg's ``IoUMetric``) that
-training evaluates with, so one of our own ``iter_N.pth`` gives the mIoU its run recorded.
+training evaluates with, each evaluation from the same random state
+(:class:`ablate.train.SeededValidation`), so one of our own ``iter_N.pth`` gives the mIoU its
+run recorded.
 
 Reads: the study (the variant's config, resolved as ``ablate run`` resolves it, with the
 profile's data root) and the checkpoint, a file or an http(s) URL, through :mod:`ablate.convert`:
@@ -36,11 +38,11 @@ from ablate.runs import CheckpointEval, Evaluation, Progress, RecordError, Resul
 from ablate.study import Study
 
 ProgressFn = Callable[[int, int], None]  # (images evaluated, images in the split)
-# The run-only parts of a resolved config: an evaluation builds none of them. The checkpoint hook
-# goes too: with `save_best` it would save the evaluated weights again as a "best" checkpoint.
 # Deprecation chatter of mmseg 1.2's own configs and hooks, on every build: not the user's to fix.
 NOISE = (r".*pkg_resources", r"Fail to import", r".*build_loss", r".*avg_non_ignore", r"The draw is False",
          r".*reduce_zero_label. will be deprecated")
+# The run-only parts of a resolved config: an evaluation builds none of them. The checkpoint hook
+# goes too: with `save_best` it would save the evaluated weights again as a "best" checkpoint.
 NOT_EVALUATED = ("train_dataloader", "train_cfg", "optim_wrapper", "param_scheduler", "test_dataloader",
                  "test_cfg", "test_evaluator")
 
