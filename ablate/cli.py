@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -207,11 +208,15 @@ def report(
     use_wandb: Optional[bool] = typer.Option(None, "--wandb/--no-wandb", help="Also log a `report` job with the table "
                                              "and charts to the runs' W&B group (default: the study's "
                                              "`wandb.enabled`)."),
+    include_stale: bool = typer.Option(False, "--include-stale", help="Count runs whose config changed since they "
+                                                                      "ran (stale) as if they were done."),
 ) -> None:
     """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON; `-f all`: also a plot).
 
-    Checkpoints evaluated by `ablate eval` are shown as a "released weights" table of their own.
-    Exits 1 when a result.json or evaluation.json cannot be read: it is named and left out, the rest is reported.
+    Stale runs (config changed since they ran) are marked and left out of the statistics unless
+    --include-stale. Checkpoints evaluated by `ablate eval` are shown as a "released weights" table
+    of their own. Exits 1 when a run file or an evaluation.json cannot be read: it is named, and the
+    rest is reported.
     """
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
@@ -241,7 +246,8 @@ def report(
                           f"{where}/ ({state}); run them with `ablate run {study} --profile {profile}`")
     if measure:
         collection = with_measurements(collection, measure_variants(spec, profile))
-    results = summarize(spec, profile, collection.runs, collection.measurements, problems, released=released)
+    results = summarize(spec, profile, collection.runs, collection.measurements, problems,
+                        include_stale=include_stale, released=released)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")
@@ -324,7 +330,8 @@ def run(
     study: str = typer.Argument(..., help="Study name or path."),
     profile: Optional[str] = ProfileOpt,
     variants: Optional[str] = typer.Option(None, "--variants", help="Only these variants, comma-separated."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds, comma-separated (default: the profile's)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Only these of the profile's seeds, comma-separated "
+                                                              "(more seeds: add them to the study file)."),
     launcher: str = typer.Option("local", "--launcher", "-l", help="local, torchrun or slurm."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Pool of N local GPUs; a run starts as soon as one frees "
                                                             "(default: one run at a time, on the CPU here)."),
@@ -343,32 +350,42 @@ def run(
     use_wandb: Optional[bool] = typer.Option(None, "--wandb/--no-wandb", help="Log every run to Weights & Biases, "
                                              "grouped as STUDY/PROFILE (default: the study's `wandb.enabled`); "
                                              "WANDB_MODE=offline logs locally for `wandb sync`."),
+    steal_locks: bool = typer.Option(False, "--steal-locks", help="Take over run locks that look alive (a process "
+                                                                  "on another host, say); only when you know it is gone."),
 ) -> None:
     """Train and evaluate every run of a profile that is not done; finished runs are skipped, others resume.
 
-    Exits 1 when a run failed (the others still ran; `ablate status` shows why), 2 on bad input.
+    Exits 1 when a run failed (the others still ran; `ablate status` shows why), 2 on bad input. Ctrl-C,
+    SIGTERM and SIGHUP stop the workers; the stopped runs resume from their last checkpoint next time.
     """
     # lazy: keeps `--help` fast; torch loads only for --gpus, submitit only for slurm
     from ablate import tracking  # light: wandb is imported only by what logs (the workers)
+    from ablate.data.check import quick_check
     from ablate.errors import LaunchError
     from ablate.launch import make_launcher
     from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
 
     spec, profile = _study_and_profile(study, profile)
-    runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_csv(seeds, "--seeds", int))
+    runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_seeds(spec, profile, seeds))
     backend = make_launcher(launcher, spec, gpus=gpus, gpus_per_run=gpus_per_run, partition=partition,
                             account=account, timeout_min=timeout_min, cpus_per_run=cpus_per_run)
     root = data_root_for(spec, profile, data_root, create=not dry_run)
+    if data_root is not None and not dry_run:
+        quick_check(root)  # a broken dataset is named now, not at iteration N of every run
     overrides = None
     if tracking.enabled(spec, use_wandb):
         tracking.require(LaunchError)
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides), backend, root)
+        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, steal_locks), backend, root)
         return
-    outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
-                         console=console)
+    with _stopped_by_signals() as stopped:
+        try:
+            outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
+                                 console=console, steal_locks=steal_locks)
+        except KeyboardInterrupt:
+            _report_stop(stopped.signal or signal.SIGINT, runs, study, profile)
     for outcome in outcomes:
         if outcome.status in ("skipped", "submitted"):  # done and failed ones were printed as they ended
             console.print(describe(outcome))
@@ -379,6 +396,62 @@ def run(
         _console(stderr=True).print(f"[bold red]error:[/] {len(failed)} of {len(outcomes)} runs failed; "
                                     f"`ablate status {study} --profile {profile}` shows why")
         raise typer.Exit(1)
+
+
+def _seeds(spec, profile: str, value: Optional[str]) -> Optional[list[int]]:
+    """``--seeds``: a subset of the profile's seeds, so that status and report know every run."""
+    from ablate.errors import StudyError
+
+    chosen = _csv(value, "--seeds", int)
+    known = list(spec.profile(profile).seeds or spec.seeds)
+    unknown = [s for s in chosen or [] if s not in known]
+    if unknown:
+        raise StudyError(f"--seeds {value}: seed {', '.join(map(str, unknown))} is not one of profile `{profile}`'s "
+                         f"seeds ({', '.join(map(str, known))}); add seeds to `seeds:` in {spec.path.name} (the "
+                         "study's or the profile's), so that `ablate status` and `ablate report` know the runs")
+    return chosen
+
+
+class _SignalStop:
+    """Which signal ended `ablate run` (None: Ctrl-C, or none)."""
+
+    signal: Optional[int] = None
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """SIGTERM and SIGHUP (what `kill`, schedulers, systemd, `timeout` and a closed terminal send) end
+    `ablate run` as Ctrl-C does: KeyboardInterrupt, so the workers are stopped and the locks released."""
+    stopped = _SignalStop()
+
+    def interrupt(signum, frame):
+        stopped.signal = signum
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield stopped
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _report_stop(signum: int, runs, study: str, profile: str) -> None:
+    """After a stop: which runs can resume, and how; exits 128 + the signal number."""
+    from ablate.runs import RunStatus, read_state
+
+    left = []
+    for run in runs:
+        state = read_state(run)
+        if state.status is not RunStatus.DONE:
+            where = f"from iteration {state.checkpoint[1]}" if state.checkpoint else "from the start"
+            left.append(f"{run.key} ({where})")
+    err = _console(stderr=True)
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    err.print(f"stopped by {name}: the workers were stopped and their locks released")
+    if left:
+        err.print(f"{len(left)} runs not done resume with `ablate run {study} --profile {profile}`: {', '.join(left)}")
+    raise typer.Exit(128 + signum)
 
 
 def _print_plan(console, planned, backend, root) -> None:

@@ -4,16 +4,22 @@ Everything here is applied by :func:`apply`, before mmseg is imported, and each 
 where it is not needed:
 
 * **mmcv-lite.** mmcv-lite is mmcv without its compiled extension (``mmcv._ext``), yet mmseg
-  imports ``mmcv.ops`` at import time. Under mmcv-lite we install a stand-in ``mmcv.ops`` that
-  provides a pure-torch ``point_sample`` and, for every other op, a placeholder that raises
-  :class:`MissingMMCVOp` naming the op when it is used. With full mmcv nothing is patched and its
-  compiled ops (``carafe`` among them) are used.
+  imports ``mmcv.ops`` at import time. Unless ``mmcv._ext`` imports, we install a stand-in
+  ``mmcv.ops`` that provides a pure-torch ``point_sample`` and, for every other op, a placeholder
+  that raises :class:`MissingMMCVOp` naming the op when it is used. The test is an import, not a
+  file lookup: full mmcv built for another torch has an ``mmcv._ext`` that fails to load, and
+  mmseg's import would fail with it. ``freqfusion.carafe.mmcv_ext_error`` decides the same way
+  (ablate never imports freqfusion, so the test is spelled out in both; ``tests/test_compat.py``
+  holds them to one answer). With a working full mmcv nothing is patched.
 * **torch.load.** torch >= 2.6 loads with ``weights_only=True`` by default, which cannot read the
   optimiser and message-hub state that mmengine stores in its checkpoints, so resume breaks.
   :func:`trust_checkpoints_under` names directories whose checkpoints this tool wrote; only files
   under them are loaded with ``weights_only=False``. Every other file keeps torch's safe default.
 * **CPU DDP.** :func:`cpu_ddp_overrides` gives the config keys that make mmengine's distributed
   training work without CUDA: the gloo backend, ``device_ids=None`` and plain BatchNorm.
+* **Data files named.** :func:`name_data_files` (the worker calls it after importing mmseg) makes
+  a label map or image that cannot be loaded fail with its path: mmseg's ``LoadAnnotations``
+  otherwise fails with ``'NoneType' object has no attribute 'squeeze'`` at iteration N.
 """
 from __future__ import annotations
 
@@ -33,11 +39,21 @@ class MissingMMCVOp(RuntimeError):
 
 
 def has_full_mmcv() -> bool:
-    """Whether mmcv's compiled extension (``mmcv._ext``) is importable."""
+    """Whether mmcv's compiled extension (``mmcv._ext``) imports (not merely exists)."""
+    return _mmcv_ext_error() is None
+
+
+def _mmcv_ext_error() -> str | None:
+    """None when ``mmcv._ext`` imports; else why not, in one line."""
+    import torch  # noqa: F401  (mmcv._ext links against torch's libraries, loaded with torch)
+
     try:
-        return importlib.util.find_spec("mmcv._ext") is not None
-    except ModuleNotFoundError:  # mmcv itself is missing
-        return False
+        importlib.import_module("mmcv._ext")
+    except Exception as exc:  # noqa: BLE001  (missing, or a foreign binary that fails to load: ImportError, OSError)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "mmcv._ext":
+            return "mmcv-lite is installed, which has none"
+        return f"mmcv._ext does not import ({type(exc).__name__}: {str(exc).strip().splitlines()[0]})"
+    return None
 
 
 def apply() -> None:
@@ -46,8 +62,9 @@ def apply() -> None:
     if _applied:
         return
     _applied = True
-    if importlib.util.find_spec("mmcv") is not None and not has_full_mmcv():
-        _install_lite_ops()
+    error = _mmcv_ext_error() if importlib.util.find_spec("mmcv") is not None else None
+    if error is not None:
+        _install_lite_ops(error)
         # mmcv.cnn tries the compiled deformable attention once and warns; it is expected here.
         warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformableAttention``")
     _patch_torch_load()
@@ -64,11 +81,8 @@ def _point_sample(input, points, align_corners=False, **kwargs):
     return output.squeeze(3) if add_dim else output
 
 
-def _missing_op(name: str):
-    message = (
-        f"mmcv.ops.{name} needs mmcv's compiled ops, but mmcv-lite is installed; "
-        "install full mmcv (see the README, 'CUDA machines') to use it"
-    )
+def _missing_op(name: str, error: str):
+    message = f"mmcv.ops.{name} needs mmcv's compiled ops (mmcv._ext), and {error}"
 
     class _Missing:
         def __init__(self, *args, **kwargs):
@@ -85,23 +99,23 @@ def _missing_op(name: str):
     return _Missing
 
 
-def _install_lite_ops() -> None:
+def _install_lite_ops(error: str) -> None:
     ops = types.ModuleType("mmcv.ops")
     ops.__doc__ = "ablate's stand-in for mmcv.ops under mmcv-lite (see ablate.compat)."
     ops.__file__ = __file__
     ops.__path__ = []  # a package, so `import mmcv.ops.x` fails with ModuleNotFoundError
     ops.point_sample = _point_sample
-    ops.__getattr__ = lambda name: _lite_getattr(ops, name)
+    ops.__getattr__ = lambda name: _lite_getattr(ops, name, error)
     sys.modules["mmcv.ops"] = ops
     import mmcv
 
     mmcv.ops = ops
 
 
-def _lite_getattr(module: types.ModuleType, name: str):
+def _lite_getattr(module: types.ModuleType, name: str, error: str):
     if name.startswith("__"):
         raise AttributeError(name)
-    placeholder = _missing_op(name)
+    placeholder = _missing_op(name, error)
     setattr(module, name, placeholder)
     return placeholder
 
@@ -133,6 +147,32 @@ def _patch_torch_load() -> None:
     load._ablate_patched = True
     load.__doc__ = original.__doc__
     torch.load = load
+
+
+class DataFileError(RuntimeError):
+    """A file of the dataset that cannot be loaded; the message starts with its path."""
+
+
+def name_data_files() -> None:
+    """Make mmseg's annotation and image loading name the file that fails (once per process)."""
+    from mmcv.transforms import LoadImageFromFile
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    for cls, method, key in ((LoadAnnotations, "_load_seg_map", "seg_map_path"),
+                             (LoadImageFromFile, "transform", "img_path")):
+        original = getattr(cls, method)
+        if getattr(original, "_ablate_names_files", False):
+            continue
+
+        def load(self, results, _original=original, _key=key):
+            try:
+                return _original(self, results)
+            except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the path is what helps
+                path = results.get(_key) if isinstance(results, dict) else None
+                raise DataFileError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from exc
+
+        load._ablate_names_files = True
+        setattr(cls, method, load)
 
 
 def cpu_ddp_overrides() -> dict:

@@ -85,24 +85,68 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None):
 
 
 def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) -> None:
-    """Set dotted keys (``a.b.0.c``) on ``cfg``; a key that does not exist is a ConfigError."""
+    """Set dotted keys (``a.b.0.c``) on ``cfg``, checking each key and value before anything runs.
+
+    A key that does not exist is a ConfigError, and so is a value that does not fit the base
+    config's (:func:`value_problem`); a key prefixed with ``+`` adds a key or replaces a value
+    unchecked, the escape hatch for what the checks cannot know.
+    """
     problems = []
     for dotted, value in overrides.items():
         adding = dotted.startswith("+")
         key = dotted.lstrip("+")
         parent, leaf, reason = _walk(cfg, key.split("."))
+        value = _plain(value)
+        if reason is None and not adding:
+            old = parent[int(leaf)] if isinstance(parent, list) else parent[leaf]
+            reason = value_problem(key, old, value)
         if reason is not None and not (adding and parent is not None):
             location = study.locations.get(f"{where}.{dotted}", study.path.name)
             section, name = where.split(".")[:2]  # "variants", "dwt"
             problems.append(f"{location}: {section[:-1]} `{name}`: {reason}")
             continue
-        value = _plain(value)
         if isinstance(parent, list):
             parent[int(leaf)] = value
         else:
             parent[leaf] = value
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+# Keys whose values have a known lower bound: (dotted suffix, minimum, what it is).
+_MINIMA = (
+    ("train_cfg.max_iters", 1, "iterations"), ("train_cfg.val_interval", 1, "an interval"),
+    ("batch_size", 1, "a batch size"), ("num_workers", 0, "a worker count"),
+    ("default_hooks.logger.interval", 1, "an interval"),
+)
+
+
+def value_problem(key: str, old: Any, new: Any) -> str | None:
+    """Why ``new`` cannot replace the base config's ``old`` at ``key``, or None when it can.
+
+    The value keeps the base value's kind: a bool takes only a YAML bool (``"no"`` is a string,
+    and truthy), an int only an int, a float any number, a string a string, a list a list, a
+    mapping a mapping; a mapping or a None may become None (a component switched off), and a
+    None key takes anything. Known counts have their minimum (iterations, intervals, batch sizes,
+    worker counts); a checkpoint interval may also be -1 (never), as in mmengine.
+    """
+    kinds = ((bool, "true or false (a YAML bool)"), (int, "an integer"), (float, "a number"), (str, "a string"),
+             ((list, tuple), "a list"), (dict, "a mapping"))
+    for kind, words in kinds:
+        if isinstance(old, kind) and not (isinstance(old, int) and kind is float):
+            fits = isinstance(new, kind) and not (isinstance(new, bool) and kind in (int, float))
+            fits = fits or (kind is float and isinstance(new, int) and not isinstance(new, bool))
+            fits = fits or (kind is dict and new is None)
+            if not fits:
+                return f"`{key}` must be {words}, as in the base config, not {new!r}"
+            break
+    if isinstance(new, int) and not isinstance(new, bool):
+        if key.endswith("checkpoint.interval") and new != -1 and new < 1:
+            return f"`{key}` must be at least 1 (or -1: never), not {new}"
+        for suffix, minimum, what in _MINIMA:
+            if (key == suffix or key.endswith("." + suffix)) and new < minimum:
+                return f"`{key}` is {what} and must be at least {minimum}, not {new}"
+    return None
 
 
 def _walk(cfg, parts: list[str]):

@@ -24,6 +24,7 @@ talk through gloo. Exit status: 0 done, 1 failed, 3 another live process holds t
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -92,10 +93,15 @@ def train(work_dir: str | os.PathLike) -> int:
         trace = traceback.format_exc()
         print(trace, file=sys.stderr, flush=True)
         if rank == 0:
+            folder.remove_partial_checkpoints(work_dir)  # a full disk leaves half an iter_N.pth
             log = _mmengine_log(runner)
             lines = folder.tail(log, 25).splitlines() + trace.splitlines()
-            folder.record_failure(work_dir, _one_line(exc, hook.iteration), "\n".join(lines[-folder.TAIL_LINES:]),
-                                  EXIT_FAILED)
+            try:
+                folder.record_failure(work_dir, _one_line(exc, hook.iteration),
+                                      "\n".join(lines[-folder.TAIL_LINES:]), EXIT_FAILED)
+            except OSError as write_error:  # the disk is full, or the folder read-only: say it here
+                print(f"ablate.train: failed.json not written ({write_error.strerror or write_error}): "
+                      f"{_one_line(exc, hook.iteration)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     finally:
         if lock is not None:
@@ -114,6 +120,7 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     from mmseg.utils import register_all_modules
 
     register_all_modules(init_default_scope=False)
+    compat.name_data_files()  # a corrupt image or label map fails naming its file
     path = work_dir / folder.CONFIG
     loaded = Config.fromfile(str(path))  # imports custom_imports, e.g. freqfusion
     # mmengine dumps the config it runs to work_dir/<basename>: keep ours (config.py, whose hash
@@ -122,7 +129,7 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     cfg = FormatOnceConfig(loaded.to_dict(), cfg_text=text, filename=str(work_dir / folder.RUNTIME_CONFIG))
     configs.remember_text(cfg, text)  # changes below (resume, launcher) make it format again
     cfg.work_dir = str(work_dir)
-    checkpoint = folder.latest_checkpoint(work_dir)
+    checkpoint = _resumable_checkpoint(work_dir, move_bad=int(os.environ.get("RANK", "0")) == 0)
     if checkpoint is not None:
         cfg.resume, cfg.load_from = True, str(checkpoint[0])
     if world_size > 1:
@@ -139,6 +146,46 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     return runner
 
 
+def logged_evaluations(work_dir: Path) -> list[Evaluation]:
+    """The evaluations mmengine logged in the run folder (``<timestamp>/vis_data/scalars.json`` of
+    every attempt), by iteration, the latest attempt's where two attempts evaluated one iteration."""
+    found: dict[int, Evaluation] = {}
+    for path in sorted(work_dir.glob("*/vis_data/scalars.json")):  # timestamped folders: oldest first
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                row = json.loads(line)
+                found[int(row["step"])] = Evaluation(int(row["step"]), float(row["mIoU"]), row.get("aAcc"),
+                                                     row.get("mAcc"))
+            except (ValueError, KeyError, TypeError):
+                continue  # a training row, or a damaged line
+    return [found[i] for i in sorted(found)]
+
+
+def _resumable_checkpoint(work_dir: Path, move_bad: bool) -> tuple[Path, int] | None:
+    """The newest checkpoint that loads; newer ones that do not are set aside (``.corrupt``) and named.
+
+    A checkpoint whose zip index is intact can still hold damaged data (a disk error, a copy cut
+    short and patched): without this every rerun would fail on it, though an older one is fine.
+    """
+    import torch
+
+    for path, iteration in folder.checkpoints(work_dir):
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)  # ours: written by this run's worker
+            return path, iteration
+        except Exception as exc:  # noqa: BLE001 - whatever unpickling raises, the file is unusable
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if move_bad:
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+            print(f"ablate.train: skipping {path.name}, which does not load ({type(exc).__name__}: {reason}); "
+                  f"kept as {path.name}.corrupt", file=sys.stderr, flush=True)
+    return None
+
+
 def _mmengine_log(runner) -> Path | None:
     if runner is None:
         return None
@@ -147,8 +194,11 @@ def _mmengine_log(runner) -> Path | None:
 
 def _one_line(exc: BaseException, iteration: int | None) -> str:
     where = f" at iteration {iteration}" if iteration is not None else ""
-    lines = str(exc).strip().splitlines()
-    message = lines[0][:200] if lines else ""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    # An error in a DataLoader worker is re-raised as "Caught X in DataLoader worker process 0.
+    # Original Traceback ...": its last line is the original message (with the file's path).
+    message = (lines[-1].split(": ", 1)[-1] if lines and lines[0].startswith("Caught ") else
+               lines[0] if lines else "")[:200]
     return f"{type(exc).__name__}{where}: {message}" if message else f"{type(exc).__name__}{where}"
 
 
@@ -210,8 +260,10 @@ class ProgressHook(Hook):
         try:
             previous = Progress.read(work_dir) or Progress(iteration=0)
         except RecordError as exc:
-            print(f"ablate.train: {exc}; earlier attempts are taken from {ATTEMPTS_FILE}", file=sys.stderr)
-            previous = Progress(iteration=0)
+            recovered = logged_evaluations(work_dir)
+            print(f"ablate.train: {exc}; earlier attempts are taken from {ATTEMPTS_FILE}, "
+                  f"{len(recovered)} earlier evaluations from mmengine's scalars.json", file=sys.stderr)
+            previous = Progress(iteration=0, evaluations=recovered)
         self.base_wall, self.base_train = previous.wall_time_s, previous.train_time_s
         self.evaluations: list[Evaluation] = list(previous.evaluations)
         self.max_iters, self.start_iter, self.loss = 0, 0, None

@@ -22,11 +22,11 @@ Implementations (columns):
   ``F.unfold`` the input, nearest-upsample the unfolded tensor ``up`` times, multiply by the
   kernels, sum over the taps; the approach of upstream FreqFusion's fallback) and the textbook
   kernel normaliser (softmax, then times the Hamming window and divided by its sum), and the
-  attention as one ``scaled_dot_product_attention`` call also when training on CPU (where
-  ``ours`` computes it blockwise, see ``freqfusion.attention``). The swap patches the three names
-  that ``freqfusion.fusion`` and ``freqfusion.attention`` look up (``carafe``,
-  ``normalize_kernel``, ``blockwise_dropout_attention``) for the duration of one call; nothing
-  else changes.
+  attention as the study's code writes it (``bmm``, softmax, ``bmm``, dropout on the output,
+  residual; ``ours`` makes one ``scaled_dot_product_attention`` call instead). The swap patches
+  the three names that ``freqfusion`` looks up (``freqfusion.fusion.carafe``,
+  ``freqfusion.fusion.normalize_kernel``, ``SpatialSelfAttention.forward``) for the duration of
+  one call; nothing else changes.
 * ``mmcv`` (CUDA with full mmcv only): ``carafe_impl='mmcv'``, mmcv's compiled op.
 
 Measurements:
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -86,7 +87,6 @@ warnings.filterwarnings("ignore", category=UserWarning, module="mmseg")  # depre
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
 import freqfusion  # noqa: E402  (registers FreqFusionHamHead; applies ablate.compat)
-import freqfusion.attention  # noqa: E402
 import freqfusion.fusion  # noqa: E402
 from freqfusion import FreqFusion  # noqa: E402
 from freqfusion.attention import SpatialSelfAttention  # noqa: E402
@@ -142,13 +142,15 @@ def reference_normalize_kernel(logits: Tensor, kernel_size: int, window: Tensor 
     return kernels.view(b, c, h, w)
 
 
-def reference_dropout_attention(tokens: Tensor, dropout: float) -> Tensor:
-    """The attention as the spec writes it: one ``scaled_dot_product_attention`` call, also on CPU.
+def reference_attention_forward(self: SpatialSelfAttention, x: Tensor) -> Tensor:
+    """``SpatialSelfAttention.forward`` as the study's code writes it: two ``bmm`` around a softmax.
 
-    In training with dropout PyTorch has no fused CPU kernel for it and runs its math path.
+    The ``(H*W)**2`` weights are materialised, and autograd keeps them for backward.
     """
-    heads = tokens.unsqueeze(1)
-    return F.scaled_dot_product_attention(heads, heads, heads, dropout_p=dropout).squeeze(1)
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    weights = torch.softmax(torch.bmm(tokens, tokens.transpose(1, 2)) / math.sqrt(c), dim=-1)
+    return x + self.dropout(torch.bmm(weights, tokens).transpose(1, 2).reshape(b, c, h, w))
 
 
 @contextlib.contextmanager
@@ -156,7 +158,7 @@ def reference_swapped_in():
     """Make freqfusion use the reference CARAFE, normaliser and attention while inside."""
     swaps = [(freqfusion.fusion, "carafe", reference_carafe),
              (freqfusion.fusion, "normalize_kernel", reference_normalize_kernel),
-             (freqfusion.attention, "blockwise_dropout_attention", reference_dropout_attention)]
+             (SpatialSelfAttention, "forward", reference_attention_forward)]
     saved = [(module, name, getattr(module, name)) for module, name, _ in swaps]
     for module, name, reference in swaps:
         setattr(module, name, reference)

@@ -2,22 +2,20 @@
 
 Importing the package registers ``FreqFusionHamHead`` in ``mmseg.registry.MODELS`` (configs say
 ``custom_imports=dict(imports=['freqfusion'], allow_failed_imports=False)``). It imports mmseg,
-and under mmcv-lite mmseg needs the ``mmcv.ops`` stand-in of ``ablate.compat``, which is applied
-here when ablate is installed (a no-op with full mmcv). The building blocks need only torch.
+which under mmcv-lite needs a stand-in ``mmcv.ops``: the caller's (ablate installs its own
+before it imports mmseg), else the minimal one of ``freqfusion._mmcv_guard``. The building blocks
+need only torch.
 """
-try:
-    from ablate.compat import apply as _apply_compat
-except ImportError:  # freqfusion used without ablate: full mmcv is assumed
-    pass
-else:
-    _apply_compat()
-from .attention import SpatialSelfAttention
-from .carafe import carafe
-from .fusion import FreqFusion
-from .head import FreqFusionHamHead
-from .kernels import hamming_window_2d, normalize_kernel
-from .sampler import LocalSimGuidedSampler, local_similarity
-from .wavelet import HaarDWT
+from ._mmcv_guard import install as _install_mmcv_guard
+
+_install_mmcv_guard()  # before .head imports mmseg
+from .attention import SpatialSelfAttention  # noqa: E402
+from .carafe import carafe  # noqa: E402
+from .fusion import FreqFusion  # noqa: E402
+from .head import FreqFusionHamHead  # noqa: E402
+from .kernels import hamming_window_2d, normalize_kernel  # noqa: E402
+from .sampler import LocalSimGuidedSampler, local_similarity  # noqa: E402
+from .wavelet import HaarDWT  # noqa: E402
 
 __all__ = [
     "FreqFusion",

@@ -22,11 +22,11 @@ Differences from upstream:
     hard-wired on together, ignores several constructor arguments, and overwrites the small
     init of its depthwise-separable generators with a later xavier loop. Here ``dsconv``'s
     pointwise convs do get normal(std=0.001), and every argument is honoured.
-  * Attention dropout acts on the attention weights (``scaled_dot_product_attention``'s
-    ``dropout_p``); the study's code dropped out the attention output instead.
   * ``use_dwt`` takes its Haar bands from ``freqfusion.wavelet`` (equal to ``pywt.dwt2(...,
     'haar', mode='zero')`` and to the study's ``pytorch_wavelets.DWTForward``, whose buffer names
     it keeps); ``content_encoder3`` keeps its xavier init, as in the study's code.
+  * ``use_attention`` computes the study's function (dropout on the attention's output, then
+    the residual) through ``scaled_dot_product_attention`` instead of two explicit ``bmm``.
 
 State-dict names match upstream (``hr_channel_compressor``, ``lr_channel_compressor``,
 ``content_encoder``, ``content_encoder2``, ``dysampler.*``, ``hamming_lowpass``,
@@ -94,7 +94,8 @@ class FreqFusion(nn.Module):
             normal(std=0.001)). Changes the count by ``2*Cc*(e**2 + 1) - Cc*(lowpass_kernel**2
             + highpass_kernel**2)*up_group*(e**2 - 1)`` with ``e = encoder_kernel``: -26,208 and
             -30,240 for SegNeXt-T's two blocks, -56,448 in all.
-        attention_dropout: Dropout on the attention weights (training only).
+        attention_dropout: Dropout on the attention's output, before the residual (training
+            only), as in the study's code; 0.1 there.
         carafe_impl: ``'auto'``, ``'torch'`` or ``'mmcv'``, see ``freqfusion.carafe.carafe``.
     """
 
@@ -159,7 +160,8 @@ class FreqFusion(nn.Module):
 
         Returns:
             ``(mask_lr (B, up_group*lowpass_kernel**2, H, W), hr_out (B, C_h, H, W),
-            lr_up (B, C_l, H, W))``.
+            lr_up (B, C_l, H, W))``; ``mask_lr`` is float32 when its logits are 16-bit
+            (autocast), see ``normalize_kernel``.
         """
         h, w = lr_feat.shape[-2:]
         if tuple(hr_feat.shape[-2:]) != (2 * h, 2 * w):

@@ -28,15 +28,19 @@ def normalize_kernel(logits: Tensor, kernel_size: int, window: Tensor | None = N
         window: Optional positive ``(k, k)`` window (anything with ``k * k`` elements).
 
     Returns:
-        Kernels of the shape of ``logits``, summing to 1 over each group's taps.
+        Kernels of the shape of ``logits``, summing to 1 over each group's taps; float32 for
+        16-bit logits (bfloat16, float16), else the dtype of ``logits``.
     """
     b, c, h, w = logits.shape
     taps = kernel_size * kernel_size
     if c % taps:
         raise ValueError(f"kernel logits have {c} channels, not a multiple of {kernel_size}**2")
-    logits = logits.reshape(b, c // taps, taps, h, w)
+    # In float32, as CUDA autocast runs softmax (CPU autocast would keep bfloat16): in 16 bits
+    # the window's log would be rounded into the logits and the kernels to 8 bits each.
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    logits = logits.reshape(b, c // taps, taps, h, w).to(dtype)
     if window is not None:
         if window.numel() != taps:
             raise ValueError(f"window has {window.numel()} elements, expected {taps}")
-        logits = logits + window.reshape(1, 1, taps, 1, 1).log().to(logits.dtype)
+        logits = logits + window.reshape(1, 1, taps, 1, 1).to(dtype).log()
     return logits.softmax(dim=2).view(b, c, h, w)

@@ -143,13 +143,19 @@ class LocalSimGuidedSampler(nn.Module):
             offset = offset * gate.sigmoid()
         else:
             offset = offset * 0.25
-        return self.sample(feat, offset + self.init_pos.to(offset.dtype))
+        return self.sample(feat, offset + self.init_pos.to(_coordinate_dtype(offset, feat)))
 
     def sample(self, feat: Tensor, offset: Tensor) -> Tensor:
-        """Bilinear ``grid_sample`` (border padding) of ``feat`` at offsets given in input pixels."""
+        """Bilinear ``grid_sample`` (border padding) of ``feat`` at offsets given in input pixels.
+
+        The sampling coordinates, and the sampling itself, are computed in at least float32
+        (``grid_sample`` is in autocast's float32 list anyway): in bfloat16 a coordinate near
+        pixel 64 is only resolved to 0.5 px. The result has the dtype of ``feat``.
+        """
         b, _, h, w = offset.shape
         s, g = self.scale, self.groups
-        offset = offset.reshape(b, 2, g * s * s, h, w)
+        dtype = _coordinate_dtype(offset, feat)
+        offset = offset.to(dtype).reshape(b, 2, g * s * s, h, w)
         ys = torch.arange(h, dtype=offset.dtype, device=offset.device) + 0.5
         xs = torch.arange(w, dtype=offset.dtype, device=offset.device) + 0.5
         centres = torch.stack([xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)]).view(1, 2, 1, h, w)
@@ -157,6 +163,11 @@ class LocalSimGuidedSampler(nn.Module):
         grid = 2 * (centres + offset) / size - 1
         grid = F.pixel_shuffle(grid.reshape(b, 2 * g * s * s, h, w), s)  # (B, 2G, s*h, s*w)
         grid = grid.view(b, 2, g, s * h, s * w).permute(0, 2, 3, 4, 1).reshape(b * g, s * h, s * w, 2)
-        out = F.grid_sample(feat.reshape(b * g, -1, s * h, s * w), grid.to(feat.dtype),
+        out = F.grid_sample(feat.reshape(b * g, -1, s * h, s * w).to(dtype), grid,
                             mode="bilinear", padding_mode="border", align_corners=False)
-        return out.reshape(b, -1, s * h, s * w)
+        return out.reshape(b, -1, s * h, s * w).to(feat.dtype)
+
+
+def _coordinate_dtype(offset: Tensor, feat: Tensor) -> torch.dtype:
+    """The dtype of ``offset`` and ``feat`` together, at least float32."""
+    return torch.promote_types(torch.promote_types(offset.dtype, feat.dtype), torch.float32)

@@ -1,19 +1,24 @@
 """ablate.convert against upstream's own mmseg 0.x model: same logits after conversion, strict loading, safe reading.
 
-The 0.x model comes from upstream's SegNeXt files (``tests/upstream_0x/``, unchanged, run by its
-shim), so none of our naming goes into it. A checkpoint saved from it the way mmcv 1.x saves one
-must convert, load strictly into our mmseg 1.x model built from the base config, and give the same
-logits. The study's DWT/attention and DSConv FreqFusion files are not vendored (no license); those
-cases run only with ``ABLATE_STUDY_SOURCES`` (see tests/upstream_0x/README.md).
+The 0.x model comes from upstream's SegNeXt files, run by ``tests/upstream_0x/shim.py``, so none of
+our naming goes into it. A checkpoint saved from it the way mmcv 1.x saves one must convert, load
+strictly into our mmseg 1.x model built from the base config, and give the same logits. Nothing of
+upstream is in this repository: those tests read upstream's files from a local checkout named by
+``ABLATE_UPSTREAM_SOURCES`` (the study's DWT/attention and DSConv FreqFusion files from
+``ABLATE_STUDY_SOURCES``) and skip without it; see tests/upstream_0x/README.md. The other tests
+(the converter's mechanics, strict-load errors, refused pickles, URLs, the CLI) always run, on a
+0.x checkpoint made from our own model by renaming its keys.
 """
 import copy
 import hashlib
 import http.server
 import os
 import pickle
+import re
 import shlex
 import socket
 import threading
+from collections import OrderedDict
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,13 +42,17 @@ BASE = REPO / "experiments" / "_base_" / "segnext_t_freqfusion_ade20k.py"
 IMAGE = (64, 96)  # not square, so that a swap of H and W shows
 TOLERANCE = 1e-4  # max |ours - upstream's| / max |upstream's| over the logits
 RENAMED = 2 * (3 + 3 + 5 + 2)  # weight and bias of each MSCAN-T block's mlp.dwconv
-VENDORED_SHA256 = {
-    "mscan.py": "d19fc96b0a1dd1271c4583060ae8a0fe47b7a24cec73b24f0f601696ca001c3d",
-    "decode_head.py": "fef583789735ac6a74bd0c70defae4b5965b830c12c49eacd3203720938f10ce",
-    "ham_head.py": "9fc2c90c0c92c4206a2f2bdf9dfd89dd2daa0d6d000c0d0cc390603676354c6c",
-    "FreqFusion.py": "c579eb7f2bbc8a358c589c3a5d3eb7ec091a704f94bad2a1db1a32642a226dfe",
-    "LICENSE": "76466caf809e511437c8265f484054aec05be2a70d9a2900246f46a57d158c8b",
+# The upstream version the tests were written against; a checkout whose files differ is not used.
+UPSTREAM = "https://github.com/Linwei-Chen/FreqFusion"
+UPSTREAM_COMMIT = "3fb0c70637a3c194fb74294d3ce4681958b26241"
+UPSTREAM_SHA256 = {
+    shim.FILES["mscan"]: "d19fc96b0a1dd1271c4583060ae8a0fe47b7a24cec73b24f0f601696ca001c3d",
+    shim.FILES["decode_head"]: "fef583789735ac6a74bd0c70defae4b5965b830c12c49eacd3203720938f10ce",
+    shim.FILES["ham_head"]: "9fc2c90c0c92c4206a2f2bdf9dfd89dd2daa0d6d000c0d0cc390603676354c6c",
+    shim.FILES["FreqFusion"]: "c579eb7f2bbc8a358c589c3a5d3eb7ec091a704f94bad2a1db1a32642a226dfe",
 }
+STUDY = "https://github.com/It-is-really-easy/cv-finalword"
+STUDY_COMMIT = "018641f449bb23d18c339ea85597f186f6e3df94"
 # The study's model (cv-finalword SegNeXt/local_configs/_base_/models/mscan.py and
 # segnext/tiny/segnext.tiny.freqfusion.512x512.ade.160k.py), as mmseg 0.x builds it.
 BACKBONE_0X = dict(embed_dims=[32, 64, 160, 256], mlp_ratios=[8, 8, 4, 4], drop_rate=0.0, drop_path_rate=0.1,
@@ -64,15 +73,34 @@ VARIANTS = {
 runner = CliRunner()
 
 
-def freqfusion_file(variant: str) -> Path:
-    """Upstream's FreqFusion (vendored) or the study's replacement (fetched copy, else skip)."""
+def upstream_sources() -> Path:
+    """The checkout named by ABLATE_UPSTREAM_SOURCES, if it holds upstream's files at UPSTREAM_COMMIT; else skip."""
+    folder = os.environ.get("ABLATE_UPSTREAM_SOURCES")
+    wanted = f"{UPSTREAM} at commit {UPSTREAM_COMMIT}"
+    if not folder:
+        pytest.skip(f"needs upstream's mmseg 0.x code, not in this repository: set ABLATE_UPSTREAM_SOURCES to a "
+                    f"checkout of {wanted} (tests/upstream_0x/README.md)")
+    for name, digest in UPSTREAM_SHA256.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            pytest.skip(f"ABLATE_UPSTREAM_SOURCES={folder} has no {name}: it should be a checkout of {wanted}")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            pytest.skip(f"ABLATE_UPSTREAM_SOURCES={folder}: {name} differs from upstream's at the commit these "
+                        f"tests were written against (sha256); check out {wanted}")
+    return Path(folder)
+
+
+def freqfusion_file(variant: str) -> Path | None:
+    """Upstream's FreqFusion (None: the checkout's own) or the study's replacement (fetched copy, else skip)."""
     name = VARIANTS[variant][0]
+    upstream_sources()  # the study's files replace one of upstream's: without upstream's, nothing to run
     if variant == "baseline":
-        return shim.FREQFUSION
+        return None
     folder = os.environ.get("ABLATE_STUDY_SOURCES")
     if not folder or not (Path(folder) / name).is_file():
-        pytest.skip(f"needs the study's {name}, not vendored because cv-finalword has no license: set "
-                    "ABLATE_STUDY_SOURCES to a folder with a copy (tests/upstream_0x/README.md)")
+        pytest.skip(f"needs the study's {name}, not redistributed because cv-finalword has no license: set "
+                    f"ABLATE_STUDY_SOURCES to a checkout of {STUDY} at commit {STUDY_COMMIT} "
+                    "(tests/upstream_0x/README.md)")
     if "DWT" in name:
         pytest.importorskip("pytorch_wavelets", reason="the study's DWT-FF imports pytorch_wavelets")
     return Path(folder) / name
@@ -81,12 +109,12 @@ def freqfusion_file(variant: str) -> Path:
 class Upstream0x(nn.Module):
     """mmseg 0.x's EncoderDecoder as far as inference goes: its attribute names and ``encode_decode``.
 
-    (Its own file is not vendored: the fork's copy imports tkinter, tensorboard and distutils.)
+    (Its own file is not used: the fork's copy imports tkinter, tensorboard and distutils.)
     """
 
-    def __init__(self, freqfusion: Path) -> None:
+    def __init__(self, freqfusion: Path | None = None) -> None:
         super().__init__()
-        upstream = shim.load(freqfusion)
+        upstream = shim.load(upstream_sources(), freqfusion)
         self.backbone = upstream.MSCAN(**copy.deepcopy(BACKBONE_0X))
         self.decode_head = upstream.LightHamHeadFreqAware(**copy.deepcopy(HEAD_0X))
 
@@ -155,13 +183,35 @@ def relative_error(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
+def to_0x_names(state_dict: dict) -> OrderedDict:
+    """Our state dict with MSCAN's keys as upstream's 0.x MSCAN names them (its Mlp wraps the conv in a DWConv)."""
+    return OrderedDict((re.sub(r"^(backbone\.block\d+\.\d+\.mlp\.dwconv)\.", r"\1.dwconv.", k), v)
+                       for k, v in state_dict.items())
+
+
+class Ours0x(nn.Module):
+    """Our model with the state dict that mmseg 0.x's would have: enough to save a 0.x checkpoint from it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def state_dict(self, *args, **kwargs):
+        return to_0x_names(self.model.state_dict(*args, **kwargs))
+
+
 @pytest.fixture(scope="module")
-def checkpoint_0x(tmp_path_factory):
-    """A baseline checkpoint saved from upstream's randomly initialised 0.x model."""
-    upstream = Upstream0x(shim.FREQFUSION)
-    randomize_(upstream, seed=1)
+def ours_randomized(base_cfg):
+    model = build_ours(base_cfg)
+    randomize_(model, seed=1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint_0x(ours_randomized, tmp_path_factory):
+    """A baseline checkpoint as mmcv 1.x saves mmseg 0.x's, made from our own model by renaming keys."""
     path = tmp_path_factory.mktemp("ckpt") / "best_mIoU_iter_160000.pth"
-    save_0x_checkpoint(upstream, path)
+    save_0x_checkpoint(Ours0x(ours_randomized), path)
     return path
 
 
@@ -170,13 +220,51 @@ def ours(base_cfg):
     return build_ours(base_cfg)
 
 
-def test_vendored_files_are_upstreams():
-    for name, digest in VENDORED_SHA256.items():
-        digest_now = hashlib.sha256((shim.HERE / name).read_bytes()).hexdigest()
-        assert digest_now == digest, f"tests/upstream_0x/{name} differs from upstream's"
+# --- the converter's mechanics, on our own model ----------------------------------------------
+
+
+def test_renamed_0x_checkpoint_gives_the_same_logits(ours_randomized, checkpoint_0x, base_cfg):
+    """Renamed to 0.x, saved mmcv-1.x style, converted and loaded strictly: exactly the same model."""
+    saved = convert.load_checkpoint_file(checkpoint_0x)
+    assert set(saved) == {"meta", "state_dict", "optimizer"}
+    assert "backbone.block1.0.mlp.dwconv.dwconv.weight" in saved["state_dict"]
+    assert convert.checkpoint_format(saved["state_dict"]) == "0.x"
+    model = build_ours(base_cfg)
+    x = torch.randn(1, 3, *IMAGE, generator=torch.Generator().manual_seed(0))
+    expected = ours_logits(ours_randomized, x)
+    assert relative_error(ours_logits(model, x), expected) > 1e-1  # the comparison tells other weights apart
+
+    info = convert.load_weights(model, checkpoint_0x)
+    assert (info["format"], info["converted"], info["keys"]) == ("0.x", RENAMED, len(model.state_dict()))
+    after = ours_logits(model, x)
+    print(f"renamed to 0.x and back: max relative error of the logits {relative_error(after, expected):.2e}")
+    assert torch.equal(after, expected)
+    for name, tensor in ours_randomized.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_1x_state_dict_passes_unchanged(ours):
+    state_dict = ours.state_dict()
+    converted = convert.convert_state_dict(state_dict)
+    assert convert.checkpoint_format(state_dict) == "1.x"
+    assert list(converted) == list(state_dict)
+    assert all(converted[k] is state_dict[k] for k in state_dict)
+
+
+def test_mixed_names_are_refused(checkpoint_0x):
+    state_dict = convert.load_checkpoint_file(checkpoint_0x)["state_dict"]
+    state_dict["backbone.block1.0.mlp.dwconv.weight"] = state_dict["backbone.block1.0.mlp.dwconv.dwconv.weight"]
+    with pytest.raises(CheckpointError, match="mix of mmseg 0.x and 1.x names"):
+        convert.convert_state_dict(state_dict)
 
 
 # --- conversion against upstream's model ------------------------------------------------------
+
+
+def test_our_0x_names_are_upstreams(ours):
+    """The always-running tests' 0.x checkpoints have exactly the keys and shapes of upstream's model (order aside)."""
+    upstream = {k: tuple(v.shape) for k, v in Upstream0x().state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in Ours0x(ours).state_dict().items()} == upstream
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -207,21 +295,6 @@ def test_rows_without_upstream_code_load_strictly(variant, switches, base_cfg, t
     path = tmp_path / "ckpt.pth"
     save_0x_checkpoint(Upstream0x(freqfusion_file(variant)), path)
     assert convert.load_weights(build_ours(base_cfg, **switches), path)["converted"] == RENAMED
-
-
-def test_1x_state_dict_passes_unchanged(ours):
-    state_dict = ours.state_dict()
-    converted = convert.convert_state_dict(state_dict)
-    assert convert.checkpoint_format(state_dict) == "1.x"
-    assert list(converted) == list(state_dict)
-    assert all(converted[k] is state_dict[k] for k in state_dict)
-
-
-def test_mixed_names_are_refused(checkpoint_0x):
-    state_dict = convert.load_checkpoint_file(checkpoint_0x)["state_dict"]
-    state_dict["backbone.block1.0.mlp.dwconv.weight"] = state_dict["backbone.block1.0.mlp.dwconv.dwconv.weight"]
-    with pytest.raises(CheckpointError, match="mix of mmseg 0.x and 1.x names"):
-        convert.convert_state_dict(state_dict)
 
 
 # --- strict loading ---------------------------------------------------------------------------

@@ -1,88 +1,100 @@
-"""Parameter-free spatial self-attention (freqfusion.attention): SDPA against the explicit formula."""
+"""Parameter-free spatial self-attention (freqfusion.attention) against the study's module, written out.
+
+The reference is the study's ``FeatureFusionWithSelfAttention._self_attention``: explicit
+softmax attention, then ``nn.Dropout`` on its output, then the residual.
+"""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from freqfusion.attention import SpatialSelfAttention, blockwise_dropout_attention
+from freqfusion.attention import SpatialSelfAttention
 
 
-def attention_explicit(x: torch.Tensor) -> torch.Tensor:
+def explicit_softmax_attention(x: torch.Tensor) -> torch.Tensor:
+    """``softmax(T T^T / sqrt(C)) T`` over the tokens ``T (B, H*W, C)``, back as ``(B, C, H, W)``.
+
+    Returned as the transpose of the ``(B, H*W, C)`` product, the layout the study's module
+    drops out (its ``attn_output.transpose(1, 2).view(B, C, H, W)``).
+    """
     b, c, h, w = x.shape
-    tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+    tokens = x.flatten(2).transpose(1, 2)
     weights = torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(c), dim=-1)
-    return x + (weights @ tokens).transpose(1, 2).reshape(b, c, h, w)
+    return (weights @ tokens).transpose(1, 2).reshape(b, c, h, w)
+
+
+def study_attention(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return x + F.dropout(explicit_softmax_attention(x), p, training=training)
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 5, 7), (1, 64, 4, 4), (1, 3, 1, 9)])
 def test_attention_matches_explicit_in_eval(shape):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     attn = SpatialSelfAttention().eval()
-    err = (attn(x) - attention_explicit(x)).abs().max().item()
+    err = (attn(x) - study_attention(x, 0.1, training=False)).abs().max().item()
     assert err < 1e-5, f"max abs err {err}"
     assert list(attn.parameters()) == [] and attn.state_dict() == {}
 
 
-def test_attention_dropout_only_in_training():
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_attention_in_training_is_the_study_module_with_the_same_seed(p):
+    x = torch.randn(2, 12, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    attn = SpatialSelfAttention(p).train()
+    torch.manual_seed(7)
+    ours = attn(x)
+    torch.manual_seed(7)  # both draw one dropout mask of the output's shape, nothing else
+    expected = study_attention(x, p, training=True)
+    err = (ours - expected).abs().max().item()
+    assert err < 1e-12, f"max abs err {err}"
+    torch.manual_seed(8)
+    assert not torch.equal(attn(x), ours)  # another seed, another mask
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_training_zeroes_output_entries_with_probability_p_and_scales_the_rest(p):
+    x = torch.randn(2, 32, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    attn = SpatialSelfAttention(p)
+    eval_out = attn.eval()(x) - x
+    torch.manual_seed(3)
+    train_out = attn.train()(x) - x
+    dropped = train_out == 0
+    n = dropped.numel()
+    # Binomial(n, p) zeros: 5 standard deviations, a false alarm about once in 2 million seeds.
+    # (Dropout on the attention weights instead would leave almost no exact zeros.)
+    tolerance = 5 * math.sqrt(p * (1 - p) / n)
+    fraction = dropped.double().mean().item()
+    assert abs(fraction - p) < tolerance, f"zeros {fraction:.4f}, expected {p} +- {tolerance:.4f}"
+    assert not (eval_out == 0).any()  # so every zero above was dropped, none was there before
+    kept_err = (train_out[~dropped] - eval_out[~dropped] / (1 - p)).abs().max().item()
+    assert kept_err < 1e-12, f"kept entries: max abs err {kept_err}"
+
+
+def test_attention_dropout_off_in_eval_and_at_zero():
     x = torch.randn(2, 16, 6, 6)
-    attn = SpatialSelfAttention(dropout=0.1)
-    attn.eval()
+    attn = SpatialSelfAttention(dropout=0.1).eval()
     assert torch.equal(attn(x), attn(x))
-    attn.train()
-    torch.manual_seed(0)
-    first = attn(x)
-    torch.manual_seed(1)
-    second = attn(x)
-    assert not torch.allclose(first, second) and not torch.allclose(first, attention_explicit(x))
-    assert torch.allclose(SpatialSelfAttention(dropout=0.0).train()(x), attention_explicit(x), atol=1e-5)
+    assert torch.allclose(SpatialSelfAttention(dropout=0.0).train()(x), study_attention(x, 0.0, False), atol=1e-5)
+
+
+def test_training_runs_the_fused_cpu_kernel():
+    # Dropout outside SDPA leaves it free to use the flash kernel, forward and backward.
+    x = torch.randn(1, 16, 8, 8, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the call cannot use it
+        SpatialSelfAttention(0.1).train()(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_attention_gradients_and_bad_dropout():
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: SpatialSelfAttention().eval()(t), (x,))
-    with pytest.raises(ValueError, match="dropout"):
-        SpatialSelfAttention(dropout=1.5)
-
-
-def explicit_with_mask(tokens: torch.Tensor, mask: torch.Tensor, dropout: float) -> torch.Tensor:
-    weights = torch.softmax(tokens @ tokens.transpose(1, 2) / math.sqrt(tokens.shape[-1]), dim=-1)
-    return (weights * mask / (1 - dropout)) @ tokens
-
-
-@pytest.mark.parametrize("block_rows", [1, 7, 40, None])
-def test_blockwise_dropout_attention_is_the_formula_with_a_mask_from_the_seed(block_rows):
-    tokens = torch.randn(2, 40, 12, dtype=torch.float64)
-    torch.manual_seed(5)
-    out = blockwise_dropout_attention(tokens, 0.3, block_rows)
-    torch.manual_seed(5)  # the mask is one draw from the default generator
-    mask = torch.empty(2, 40, 40, dtype=torch.bool).bernoulli_(0.7)
-    assert 0.6 < mask.double().mean() < 0.8
-    assert torch.allclose(out, explicit_with_mask(tokens, mask, 0.3), atol=1e-12)
-
-
-@pytest.mark.parametrize("block_rows", [3, 13])
-def test_blockwise_dropout_attention_gradients(block_rows):
-    tokens = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+    attn = SpatialSelfAttention(0.3).train()
 
     def seeded(t):
-        torch.manual_seed(11)
-        return blockwise_dropout_attention(t, 0.25, block_rows)
+        torch.manual_seed(4)  # the same mask on every call gradcheck makes
+        return attn(t)
 
-    assert torch.autograd.gradcheck(seeded, (tokens,))
-    grad = torch.randn(2, 13, 5, dtype=torch.float64)
-    (ours,) = torch.autograd.grad(seeded(tokens), tokens, grad)
-    torch.manual_seed(11)
-    mask = torch.empty(2, 13, 13, dtype=torch.bool).bernoulli_(0.75)
-    (expected,) = torch.autograd.grad(explicit_with_mask(tokens, mask, 0.25), tokens, grad)
-    assert torch.allclose(ours, expected, atol=1e-10)
-
-
-def test_cpu_training_with_dropout_takes_the_blockwise_path():
-    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
-    torch.manual_seed(2)
-    out = SpatialSelfAttention(dropout=0.2).train()(x)
-    torch.manual_seed(2)
-    tokens = x.flatten(2).transpose(1, 2)
-    mask = torch.empty(2, 20, 20, dtype=torch.bool).bernoulli_(0.8)
-    expected = x + explicit_with_mask(tokens, mask, 0.2).transpose(1, 2).reshape(x.shape)
-    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.autograd.gradcheck(seeded, (x,))
+    with pytest.raises(ValueError, match="dropout"):
+        SpatialSelfAttention(dropout=1.5)

@@ -2,7 +2,9 @@
 
 Hand counts: conv = out elements x Cin/groups x kh x kw; a matrix product = out elements x inner
 dim; attention = Q K^T + A V = B x heads x Lq x Lk x (E + Ev); CARAFE = out elements x k^2.
+The reference CARAFEs below run inside the profiler region ``carafe``, as freqfusion's does.
 """
+import importlib.util
 import math
 import textwrap
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import record_function
 
 from ablate.measure import MacCounter, count_macs, parse_shape
 
@@ -82,17 +85,19 @@ def test_sdpa_spatial_attention_is_two_l_squared_c():
 
 def carafe(feat, kernels, k: int, up: int):
     """A reference CARAFE written as unfold * kernel, sum (a reduction a matmul-only counter misses)."""
-    b, c, h, w = feat.shape
-    cols = F.unfold(feat, k, padding=k // 2).view(b, c, k * k, h, w)
-    cols = F.interpolate(cols.view(b, c * k * k, h, w), scale_factor=up, mode="nearest").view(
-        b, c, k * k, h * up, w * up)
-    return (cols * kernels.unsqueeze(1)).sum(2)
+    with record_function("carafe"):
+        b, c, h, w = feat.shape
+        cols = F.unfold(feat, k, padding=k // 2).view(b, c, k * k, h, w)
+        cols = F.interpolate(cols.view(b, c * k * k, h, w), scale_factor=up, mode="nearest").view(
+            b, c, k * k, h * up, w * up)
+        return (cols * kernels.unsqueeze(1)).sum(2)
 
 
 def carafe_einsum(feat, kernels, k: int):
-    b, c, h, w = feat.shape
-    cols = F.unfold(feat, k, padding=k // 2).view(b, c, k * k, h, w)
-    return torch.einsum("bckhw,bkhw->bchw", cols, kernels)
+    with record_function("carafe"):
+        b, c, h, w = feat.shape
+        cols = F.unfold(feat, k, padding=k // 2).view(b, c, k * k, h, w)
+        return torch.einsum("bckhw,bkhw->bchw", cols, kernels)
 
 
 def test_carafe_region_counts_the_weighted_sum():
@@ -111,16 +116,17 @@ def test_carafe_region_counts_the_weighted_sum():
 
 def carafe_taps(feat, kernels, k: int):
     """CARAFE as freqfusion computes it on the CPU: one mul, then addcmul_ per tap of shifted views."""
-    b, c, h, w = feat.shape
-    padded = F.pad(feat, (k // 2,) * 4)
-    out = torch.empty_like(feat)
-    for t in range(k * k):
-        i, j = divmod(t, k)
-        if t == 0:
-            torch.mul(padded[..., i:i + h, j:j + w], kernels[:, t:t + 1], out=out)
-        else:
-            out.addcmul_(padded[..., i:i + h, j:j + w], kernels[:, t:t + 1])
-    return out
+    with record_function("carafe"):
+        b, c, h, w = feat.shape
+        padded = F.pad(feat, (k // 2,) * 4)
+        out = torch.empty_like(feat)
+        for t in range(k * k):
+            i, j = divmod(t, k)
+            if t == 0:
+                torch.mul(padded[..., i:i + h, j:j + w], kernels[:, t:t + 1], out=out)
+            else:
+                out.addcmul_(padded[..., i:i + h, j:j + w], kernels[:, t:t + 1])
+        return out
 
 
 def test_carafe_as_shifted_products_counts_every_tap_and_nothing_else():
@@ -133,15 +139,52 @@ def test_carafe_as_shifted_products_counts_every_tap_and_nothing_else():
 
 
 def test_freqfusion_carafe_paths_count_the_same():
-    """freqfusion's CPU (shifted products) and CUDA (unfold + bmm) CARAFE both give out x k^2."""
-    from freqfusion.carafe import _carafe_unfold, carafe
+    """freqfusion's CPU (shifted products) and CUDA (unfold + bmm) CARAFE both give out x k^2; on the
+    CPU carafe() does not take the unfold path, so it runs here in the region carafe() opens."""
+    from freqfusion.carafe import REGION, _carafe_unfold, carafe
 
     x, k, up = torch.randn(1, 8, 6, 5), 5, 2
     mask = torch.randn(1, 2 * k * k, 12, 10).softmax(1)
     expected = 8 * 12 * 10 * k * k
-    for fn in (lambda: carafe(x, mask, k, 2, up), lambda: _carafe_unfold(x, mask, k, 2, up)):
+
+    def unfold_path():
+        with record_function(REGION):
+            return _carafe_unfold(x, mask, k, 2, up)
+
+    for fn in (lambda: carafe(x, mask, k, 2, up), unfold_path):
         count = count_macs(fn)
         assert count.by_kind["carafe"] == count.total == expected, count.counted
+
+
+def test_carafe_is_booked_by_its_region_not_by_function_or_file_names(tmp_path):
+    """freqfusion's carafe() called from a function named otherwise is booked to carafe; a matrix
+    product, a mul+sum and element-wise products in a function and a file named after CARAFE,
+    but outside its region, are booked as anywhere else (the old stack-frame regex booked them)."""
+    from freqfusion.carafe import carafe
+
+    x, k, up = torch.randn(1, 4, 5, 6), 3, 2
+    mask = torch.randn(1, k * k, 10, 12).softmax(1)
+
+    def upsample(feat, kernels):
+        return carafe(feat, kernels, k, 1, up)
+
+    count = count_macs(upsample, x, mask)
+    assert count.by_kind["carafe"] == count.total == 4 * 10 * 12 * k * k
+
+    (tmp_path / "my_carafe.py").write_text(textwrap.dedent("""
+        import torch
+
+        def carafe_like(a, b, c, d):
+            return torch.bmm(a, b), (c * d).sum(1), torch.mul(c, d).addcmul_(c, d)
+    """))
+    spec = importlib.util.spec_from_file_location("my_carafe", tmp_path / "my_carafe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a, b, c, d = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.randn(3, 8, 5), torch.randn(3, 8, 5)
+    count = count_macs(module.carafe_like, a, b, c, d)
+    assert count.by_kind["carafe"] == 0
+    assert count.by_kind["matmul"] == count.total == 2 * 3 * 5 * 4 + 3 * 8 * 5
+    assert count.ignored["aten::mul"] == 2 and count.ignored["aten::addcmul_"] == 1
 
 
 def test_mul_then_sum_outside_a_region_is_a_matmul_and_plain_mul_is_free():
@@ -155,13 +198,32 @@ def test_mul_then_sum_outside_a_region_is_a_matmul_and_plain_mul_is_free():
 def test_regions_are_configurable():
     feat, kernels = torch.randn(1, 4, 6, 6), torch.randn(1, 9, 6, 6)
     assert count_macs(carafe_einsum, feat, kernels, 3, regions={}).by_kind["matmul"] == 4 * 36 * 9
-    def my_block():
+
+    def bmm():
         return torch.bmm(torch.randn(2, 3, 4), torch.randn(2, 4, 5))
 
     with torch.no_grad(), MacCounter({"carafe": "carafe", "mine": "my_block"}) as counter:
-        my_block()
-        torch.bmm(torch.randn(2, 3, 4), torch.randn(2, 4, 5))  # frames above the counter do not count
+        with record_function("my_block"):
+            bmm()
+            with record_function("unbooked"):  # a region of no kind inside keeps the outer one's
+                bmm()
+            carafe_einsum(feat, kernels, 3)  # the innermost region with a kind wins
+        bmm()
+    assert counter.count.by_kind["mine"] == 2 * (2 * 3 * 5 * 4)
+    assert counter.count.by_kind["matmul"] == 2 * 3 * 5 * 4
+    assert counter.count.by_kind["carafe"] == 4 * 36 * 9
+    # a region opened before the counter started is not seen, and its end inside is harmless
+    outer = record_function("my_block")
+    outer.__enter__()
+    with torch.no_grad(), MacCounter({"mine": "my_block"}) as counter:
+        bmm()
+        outer.__exit__(None, None, None)
+        with record_function("my_block"):
+            bmm()
     assert counter.count.by_kind["mine"] == counter.count.by_kind["matmul"] == 2 * 3 * 5 * 4
+    with record_function("my_block"), torch.no_grad(), MacCounter({"mine": "my_block"}) as counter:
+        bmm()
+    assert counter.count.by_kind["matmul"] == counter.count.total == 2 * 3 * 5 * 4
 
 
 def test_norms_upsampling_grid_sample_follow_mmengine():
@@ -246,7 +308,7 @@ def test_measure_cached_reuses_and_keys_on_model_and_shape(plain_cfg, tmp_path, 
     import ablate.measure as measure
 
     calls = []
-    monkeypatch.setattr(measure, "measure_config",
+    monkeypatch.setattr(measure.cache, "measure_config",
                         lambda cfg, shape: calls.append(shape) or {"params_m": 1.0, "gmacs": 2.0, "input_shape": shape})
     first = measure.measure_cached(plain_cfg, (3, 64, 64), tmp_path)
     again = measure.measure_cached(plain_cfg, (3, 64, 64), tmp_path)
@@ -259,6 +321,22 @@ def test_measure_cached_reuses_and_keys_on_model_and_shape(plain_cfg, tmp_path, 
     other.model.decode_head.channels = 128
     measure.measure_cached(other, (3, 64, 64), tmp_path)
     assert len(calls) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+
+
+def test_model_hash_covers_the_counters_source(plain_cfg, tmp_path, monkeypatch):
+    """A change to any module of ablate.measure (the counting rules live in counter.py) misses the cache."""
+    import shutil
+
+    from ablate.measure import cache
+
+    names = {path.name for path in cache._PACKAGE_FILES}
+    assert {"__init__.py", "counter.py", "model.py", "cache.py", "variants.py"} <= names
+    copies = tuple(Path(shutil.copy(path, tmp_path / path.name)) for path in cache._PACKAGE_FILES)
+    monkeypatch.setattr(cache, "_PACKAGE_FILES", copies)
+    before = cache.model_hash(plain_cfg, (3, 64, 64))
+    counter = tmp_path / "counter.py"
+    counter.write_text(counter.read_text().replace('"mv", "dot"', '"mv", "dot", "outer"'))
+    assert cache.model_hash(plain_cfg, (3, 64, 64)) != before
 
 
 def test_cli_measure_prints_table_and_audit(plain_cfg, tmp_path, monkeypatch):

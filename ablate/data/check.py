@@ -4,7 +4,7 @@ Reads ``images/{training,validation}/*.jpg`` and ``annotations/{training,validat
 a root and reports, precisely, what differs from the release mmseg's ``ADE20KDataset`` expects:
 the number of images per split (20210 / 2000), images without an annotation and annotations
 without an image, and label maps that are not single-channel or hold values outside 0..150
-(0 = "other", ignored; 1..150 = the classes). Writes nothing.
+(0 = "other", ignored; 1..150 = the classes), and images that do not decode. Writes nothing.
 """
 from __future__ import annotations
 
@@ -35,14 +35,16 @@ def check_ade20k(
     root: str | os.PathLike,
     expected: dict[str, int] | None = None,
     label_sample: int | None = None,
+    check_counts: bool = True,
 ) -> CheckReport:
     """Check the layout, counts, pairing and label values of an ADE20K tree.
 
     Args:
         root: the ADEChallengeData2016 folder (holding ``images/`` and ``annotations/``).
         expected: images per split; default the ADE20K release's (:data:`EXPECTED`).
-        label_sample: check the label values of only this many annotations per split (evenly
-            spread); None checks every one (about a minute for the full dataset).
+        label_sample: check the label values (and that the images decode) of only this many pairs per
+            split (evenly spread); None checks every one (about a minute for the full dataset).
+        check_counts: compare the number of images per split with ``expected``.
     """
     root = Path(root)
     expected = EXPECTED if expected is None else expected
@@ -59,7 +61,7 @@ def check_ade20k(
         images = {p.stem: p for p in image_dir.iterdir() if p.suffix == ".jpg"}
         labels = {p.stem: p for p in label_dir.iterdir() if p.suffix == ".png"}
         report.counts[split] = (len(images), len(labels))
-        if len(images) != count:
+        if check_counts and len(images) != count:
             report.problems.append(f"images/{split}: {len(images)} .jpg images, expected {count}")
         _name_some(report, sorted(set(images) - set(labels)),
                    f"images/{split}: {{n}} image(s) without annotations/{split}/<name>.png", ".jpg")
@@ -70,7 +72,24 @@ def check_ade20k(
             step = len(paired) / max(label_sample, 1)
             paired = [paired[int(i * step)] for i in range(label_sample)]
         _check_labels(report, split, [labels[name] for name in paired])
+        _check_images(report, split, [images[name] for name in paired])
     return report
+
+
+def quick_check(root: str | os.PathLike, sample: int = 20) -> None:
+    """What ``ablate run`` checks of a real ``--data-root`` before it launches anything: both splits
+    there, every image paired with its annotation, a sample of label maps in range and of images
+    decodable. Counts may differ from the release (a subset is fine).
+
+    Raises:
+        LaunchError: one line per problem, each naming the files.
+    """
+    from ablate.errors import LaunchError
+
+    report = check_ade20k(root, label_sample=sample, check_counts=False)
+    if not report.ok:
+        raise LaunchError("\n".join(f"{root}/{problem}" for problem in report.problems)
+                          + f"\n(`ablate data check --data-root {root}` checks every file)")
 
 
 def _name_some(report: CheckReport, names: list[str], message: str, suffix: str) -> None:
@@ -104,3 +123,16 @@ def _check_labels(report: CheckReport, split: str, paths: list[Path]) -> None:
     _name_some(report, not_single, f"{where}: {{n}} label map(s) not single-channel (need mode L or P)", "")
     _name_some(report, out_of_range, f"{where}: {{n}} label map(s) with values above {NUM_CLASSES} "
                                      "(expected 0 = other, 1..150 = classes)", "")
+
+
+def _check_images(report: CheckReport, split: str, paths: list[Path]) -> None:
+    from PIL import Image
+
+    unreadable = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()  # decodes every byte: a truncated file fails here
+        except (OSError, SyntaxError):
+            unreadable.append(path.name)
+    _name_some(report, unreadable, f"images/{split}: {{n}} image(s) that do not decode", "")

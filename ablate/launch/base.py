@@ -139,7 +139,11 @@ def ended(run: Run, exit_code: int | None, log: Path | None, error: str | None =
     except RecordError:
         failure = None
     if failure is None:
-        failure = folder.record_failure(run.work_dir, error or describe_exit(exit_code), folder.tail(log), exit_code)
+        error = error or describe_exit(exit_code)
+        try:
+            failure = folder.record_failure(run.work_dir, error, folder.tail(log), exit_code)
+        except OSError as exc:  # a full disk or a read-only folder: the outcome still says why
+            return RunOutcome(run, "failed", error=f"{error} (failed.json not written: {exc.strerror or exc})")
     return RunOutcome(run, "failed", error=failure.error)
 
 

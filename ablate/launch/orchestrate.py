@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import socket
 import time
 import warnings
@@ -44,6 +45,7 @@ from ablate.runs.lock import LAUNCHER, LockHeld, RunLock, new_token
 from ablate.study import Study
 
 POLL_S = 0.5
+PROGRESS_EVERY_S = 60.0  # plain progress lines (not a terminal): at least one a minute per active run
 CANCEL_GRACE_S = 10.0  # a stopped worker gets this long to release its lock before SIGKILL
 LAUNCHED = ("start", "resume", "restart")
 Overrides = dict[str, Any] | Callable[[Run, Any], dict[str, Any]] | None
@@ -93,7 +95,7 @@ def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | Non
 
 
 def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool = False,
-              overrides: Overrides = None) -> list[RunDecision]:
+              overrides: Overrides = None, steal_locks: bool = False) -> list[RunDecision]:
     """Resolve each run's config and decide what to do with it (the rules in the module doc).
 
     Args:
@@ -103,17 +105,18 @@ def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool 
         restart: whether runs whose config changed are trained again (else they are conflicts).
         overrides: extra dotted config keys for every run, or ``f(run, cfg)`` returning them per run
             (``--wandb``: :func:`ablate.tracking.overrides_for` adds a vis backend).
+        steal_locks: whether runs whose lock looks held are launched all the same.
     """
     decisions = []
     for run in runs:
         cfg = configs.resolve(study, run, data_root=data_root)
         if overrides:
             cfg.merge_from_dict(dict(overrides(run, cfg) if callable(overrides) else overrides))
-        decisions.append(decide(run, cfg, restart))
+        decisions.append(decide(run, cfg, restart, steal_locks))
     return decisions
 
 
-def decide(run: Run, cfg, restart: bool) -> RunDecision:
+def decide(run: Run, cfg, restart: bool, steal_lock: bool = False) -> RunDecision:
     """What to do with ``run`` given the config resolved for it now (the module doc's rules)."""
     key = configs.run_key(cfg)
     state = read_state(run, expected_key=lambda *_: key, job_state=job_state)
@@ -133,7 +136,7 @@ def decide(run: Run, cfg, restart: bool) -> RunDecision:
         decision.action, decision.note = "done", _result_note(state.result)
     elif state.job is not None and state.job.active:
         decision.action, decision.note = "queued", f"job {state.job.job_id} is {state.job.state.lower()}"
-    elif state.holder is not None:
+    elif state.holder is not None and not steal_lock:
         doing = "queued" if state.holder.role == LAUNCHER else "running"
         decision.action, decision.note = "locked", f"{doing}: lock held by {state.holder}"
     elif state.checkpoint is not None:
@@ -182,6 +185,7 @@ def run_study(
     detach: bool = False,
     overrides: Overrides = None,
     console=None,
+    steal_locks: bool = False,
 ) -> list[RunOutcome]:
     """Train and evaluate every run that is not done yet; one outcome per run, in ``runs`` order.
 
@@ -194,6 +198,12 @@ def run_study(
         detach: submit and return at once (launchers that outlive this process only).
         overrides: extra dotted config keys for every run (see :func:`plan_runs`).
         console: a rich console for progress, or None for none.
+        steal_locks: take over the runs' locks even from holders that look alive (a lock of a
+            process on another host whose heartbeat is not yet 10 minutes old, say).
+
+    A run whose folder cannot be written (read-only, disk full) becomes a failed outcome and the
+    others go on. Any exception, Ctrl-C and the CLI's SIGTERM/SIGHUP included, stops the runs
+    still going (:func:`stop`), which stay resumable, releases their locks, and is re-raised.
 
     Raises:
         LaunchError: changed configs without ``restart``, ``detach`` on a launcher that cannot,
@@ -201,7 +211,7 @@ def run_study(
     """
     if detach and not launcher.can_detach:
         raise LaunchError(f"--detach needs a launcher whose jobs outlive `ablate run` (slurm), not `{launcher.name}`")
-    decisions = plan_runs(study, runs, data_root, restart, overrides)
+    decisions = plan_runs(study, runs, data_root, restart, overrides, steal_locks)
     conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
@@ -219,97 +229,181 @@ def run_study(
             else:
                 attached.append(handle)
     launched = [d for d in decisions if d.action in LAUNCHED]
-    locks = _prepare(launched, launcher, data_root, outcomes, console)
+    locks = _prepare(launched, launcher, data_root, outcomes, console, steal_locks)
+    handles: list[RunHandle] = []
     try:
-        handles = launcher.submit([d.run for d in launched if d.run in locks]) if locks else []
+        if locks:
+            handles = launcher.submit([d.run for d in launched if d.run in locks])
         for handle in handles:
             if handle.job_id:
-                info = RunInfo.read(handle.run.work_dir)
-                dataclasses.replace(info, job_id=handle.job_id).write(handle.run.work_dir)
+                _record_job(handle)
         if detach:
             for handle in handles:
                 outcomes[handle.run] = RunOutcome(handle.run, "submitted", note=f"job {handle.job_id}")
             return [outcomes[r] for r in runs]
         outcomes.update(monitor(attached + handles, console))
+    except BaseException:
+        stop([h for h in attached + handles if h.outcome is None])
+        raise
     finally:
         for lock in locks.values():
             lock.release()  # the worker's lock, too: it carries the same token
     return [outcomes[r] for r in runs]
 
 
+def _record_job(handle: RunHandle) -> None:
+    """Add the job id the launcher gave a run to its run.json (a detached run is found by it)."""
+    try:
+        info = RunInfo.read(handle.run.work_dir) or RunInfo()
+        dataclasses.replace(info, job_id=handle.job_id).write(handle.run.work_dir)
+    except (OSError, RecordError):
+        pass  # run.json was written moments ago; if it cannot be now, the worker's failure will say why
+
+
 def _prepare(decisions: Sequence[RunDecision], launcher: Launcher, data_root: Path, outcomes: dict,
-             console) -> dict[Run, RunLock]:
-    """Lock each run, empty it when it is discarded, write config.py and run.json."""
+             console, steal: bool) -> dict[Run, RunLock]:
+    """Lock each run, empty it when it is discarded, write config.py and run.json.
+
+    A run whose folder cannot be written gets a ``failed`` outcome here (and a failed.json where
+    even that can be written); it is not launched, and the others are.
+    """
     locks = {}
     for d in decisions:
         lock = RunLock(d.run.work_dir, new_token(), role=LAUNCHER)
         try:
-            stale = lock.acquire()
+            stale = lock.acquire(force=steal)
+            if d.discard:
+                folder.discard(d.run.work_dir)
+            (d.run.work_dir / Failure.FILE).unlink(missing_ok=True)
+            digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
+            RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
+                    host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
+                    data_root=str(data_root), **launcher.run_info()).write(d.run.work_dir)
         except LockHeld as exc:
             outcomes[d.run] = RunOutcome(d.run, "skipped", note=f"running: {exc}")
             continue
+        except OSError as exc:
+            lock.release()
+            outcomes[d.run] = _unwritable(d.run, exc)
+            if console is not None:
+                console.print(describe(outcomes[d.run]))
+            continue
         if stale is not None and console is not None:
-            console.print(f"[yellow]warning:[/] {d.run.key}: took over the stale lock of {stale} (not running)")
-        if d.discard:
-            folder.discard(d.run.work_dir)
-        (d.run.work_dir / Failure.FILE).unlink(missing_ok=True)
-        digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
-        RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
-                host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
-                data_root=str(data_root), **launcher.run_info()).write(d.run.work_dir)
+            console.print(f"[yellow]warning:[/] {d.run.key}: took over the {'' if steal else 'stale '}lock of "
+                          f"{stale}{'' if steal else ' (not running)'}")
         locks[d.run] = lock
     return locks
 
 
-def monitor(handles: Sequence[RunHandle], console=None) -> dict[Run, RunOutcome]:
-    """Poll ``handles`` until each has ended; show one live line per active run on ``console``.
+def _unwritable(run: Run, exc: OSError) -> RunOutcome:
+    """The outcome of a run whose folder cannot be written; failed.json too, if that still works."""
+    error = f"cannot write its folder {run.work_dir}: {exc.strerror or exc}"
+    try:
+        folder.record_failure(run.work_dir, error, "", None)
+    except OSError:
+        pass  # read-only or full: the outcome line is all there is
+    return RunOutcome(run, "failed", error=error)
 
-    Ctrl-C (or any exception) stops the runs still going, which stay resumable, and re-raises.
+
+def monitor(handles: Sequence[RunHandle], console=None) -> dict[Run, RunOutcome]:
+    """Poll ``handles`` until each has ended, and show their progress on ``console``.
+
+    On a terminal, one live line per active run (iteration, loss, ETA, or "evaluating"); elsewhere
+    (a log file, nohup, Slurm, a pipe) plain lines: when a run starts, starts and ends an
+    evaluation, saves a checkpoint, and at least every :data:`PROGRESS_EVERY_S` seconds. Each
+    outcome is printed as it comes.
     """
     since = time.time()
     pending, outcomes = list(handles), {}
-    live = _live(console)
-    try:
-        with live:
-            while pending:
-                for handle in list(pending):
-                    outcome = handle.poll()
-                    if outcome is not None:
-                        pending.remove(handle)
-                        outcomes[handle.run] = outcome
-                        if console is not None:
-                            console.print(describe(outcome))
-                if pending:
-                    live.update(_progress_lines(pending, since))
-                    time.sleep(POLL_S)
-    except BaseException:
-        stop(pending)
-        raise
+    progress = _Progress(console, since)
+    with progress.live:
+        while pending:
+            for handle in list(pending):
+                outcome = handle.poll()
+                if outcome is not None:
+                    pending.remove(handle)
+                    outcomes[handle.run] = outcome
+                    if console is not None:
+                        console.print(describe(outcome))
+            if pending:
+                progress.show(pending)
+                time.sleep(POLL_S)
     return outcomes
 
 
 def stop(handles: Sequence[RunHandle], grace_s: float = CANCEL_GRACE_S) -> None:
-    """Ask every run to stop, give them ``grace_s`` together to do so, then kill the rest."""
-    for handle in handles:
-        handle.cancel()
-    deadline = time.time() + grace_s
-    while any(h.poll() is None for h in handles) and time.time() < deadline:
-        time.sleep(0.1)
-    for handle in handles:
-        if handle.poll() is None:
-            handle.kill()
+    """Ask every run to stop, give them ``grace_s`` together to do so, then kill the rest.
+
+    SIGINT, SIGTERM and SIGHUP wait until this is done: a second Ctrl-C must not leave workers behind.
+    """
+    signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        for handle in handles:
+            handle.cancel()
+        deadline = time.time() + grace_s
+        while any(h.poll() is None for h in handles) and time.time() < deadline:
+            time.sleep(0.1)
+        for handle in handles:
+            if handle.poll() is None:
+                handle.kill()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+class _Progress:
+    """Progress of the active runs on a console: live lines on a terminal, plain lines elsewhere."""
+
+    def __init__(self, console, since: float):
+        self.console, self.since = console, since
+        self.plain = console is not None and not console.is_terminal
+        self.live = _NoLive() if console is None or self.plain else _live(console)
+        self.seen: dict[Run, dict] = {}  # per run: what was printed last (plain lines)
+
+    def show(self, pending: Sequence[RunHandle]) -> None:
+        if self.plain:
+            for handle in pending:
+                self._plain(handle)
+        elif self.console is not None:
+            self.live.update(_progress_lines(pending, self.since))
+
+    def _plain(self, handle: RunHandle) -> None:
+        """Print what changed for one run since the last line about it (at most one line a minute otherwise)."""
+        run, now = handle.run, time.time()
+        seen = self.seen.setdefault(run, {"started": False, "at": now, "phase": None, "evals": 0, "checkpoint": None})
+        lines = []
+        if not seen["started"] and not handle.waiting:
+            seen["started"] = True
+            lines.append(f"started   {run.key}")
+        progress = _fresh_progress(run, self.since)
+        if progress is not None:
+            if progress.phase == "eval" and seen["phase"] != "eval":
+                lines.append(f"eval      {run.key}  evaluating at iteration {progress.iteration}")
+            for e in progress.evaluations[seen["evals"]:]:
+                lines.append(f"eval      {run.key}  iteration {e.iteration}: mIoU {e.mIoU:.2f}")
+            seen["phase"], seen["evals"] = progress.phase, len(progress.evaluations)
+        checkpoint = folder.latest_checkpoint(run.work_dir)
+        if checkpoint is not None and checkpoint[1] != seen["checkpoint"]:
+            if seen["checkpoint"] is not None or progress is not None:  # not an old one found at start
+                lines.append(f"saved     {run.key}  checkpoint at iteration {checkpoint[1]}")
+            seen["checkpoint"] = checkpoint[1]
+        if not lines and seen["started"] and now - seen["at"] >= PROGRESS_EVERY_S:
+            lines.append(f"progress  {run.key}  " + (_progress_text(progress) if progress else "starting"))
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False)
+        if lines:
+            self.console.file.flush()
+            seen["at"] = now
 
 
 def _live(console):
-    if console is None or not console.is_terminal:
-        return _NoLive()
     from rich.live import Live
 
     return Live(console=console, refresh_per_second=2, transient=True)
 
 
 class _NoLive:
-    """Stands in for rich's Live where nothing is shown (no console, or not a terminal)."""
+    """Stands in for rich's Live where nothing is shown live (no console, or not a terminal)."""
 
     def __enter__(self):
         return self
@@ -319,6 +413,15 @@ class _NoLive:
 
     def update(self, renderable) -> None:
         pass
+
+
+def _progress_text(progress: Progress) -> str:
+    """``12/40  loss 1.234  ETA 0:35``, or ``12/40  evaluating``."""
+    done = f"{progress.iteration:>6}/{progress.max_iters or '?':<6}"
+    if progress.phase == "eval":
+        return f"{done} evaluating"
+    loss = f"loss {progress.loss:.3f}" if progress.loss is not None else "loss -    "
+    return f"{done} {loss}  ETA {duration(progress.eta_s)}"
 
 
 def _progress_lines(pending: Sequence[RunHandle], since: float):
@@ -332,10 +435,7 @@ def _progress_lines(pending: Sequence[RunHandle], since: float):
         if progress is None:  # this attempt has not written yet
             waiting += 1
             continue
-        line = Text(f"{handle.run.key:<24} {progress.iteration:>6}/{progress.max_iters or '?':<6} ")
-        line.append(f"loss {progress.loss:.3f}  " if progress.loss is not None else "loss -      ")
-        line.append(f"ETA {duration(progress.eta_s)}", style="dim")
-        lines.append(line)
+        lines.append(Text(f"{handle.run.key:<24} {_progress_text(progress)}"))
     if waiting:
         lines.append(Text(f"{waiting} run{'s' * (waiting > 1)} starting or queued", style="dim"))
     return Group(*lines)

@@ -78,6 +78,13 @@ def checkpoints(work_dir: Path) -> list[tuple[Path, int]]:
     return [(p, n) for p, n in sorted(found, key=lambda item: -item[1]) if zipfile.is_zipfile(p)]
 
 
+def remove_partial_checkpoints(work_dir: Path) -> None:
+    """Delete ``iter_N.pth`` files that were not written completely (a kill or a full disk while saving)."""
+    for path in Path(work_dir).glob("iter_*.pth"):
+        if checkpoint_iter(path) is not None and not zipfile.is_zipfile(path):
+            path.unlink(missing_ok=True)
+
+
 def latest_checkpoint(work_dir: Path) -> tuple[Path, int] | None:
     """The newest complete checkpoint and its iteration, or None."""
     found = checkpoints(work_dir)

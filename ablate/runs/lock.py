@@ -128,18 +128,21 @@ class RunLock:
         process = fields[4] if len(fields) > 4 and fields[4] != "-" else None
         return Holder(pid, host, token, role, process, age)
 
-    def acquire(self) -> Holder | None:
+    def acquire(self, force: bool = False) -> Holder | None:
         """Take the lock for this process.
 
+        Args:
+            force: take it even from a holder that looks alive (``ablate run --steal-locks``).
+
         Returns:
-            The stale holder that was taken over (warn about it), or None.
+            The holder that was taken over (warn about it), or None.
 
         Raises:
-            LockHeld: a live process with another token holds the lock.
+            LockHeld: a live process with another token holds the lock, and ``force`` is off.
         """
         with self._guard():
             holder = self.holder()
-            if holder is not None and holder.token != self.token and holder.alive():
+            if holder is not None and holder.token != self.token and holder.alive() and not force:
                 raise LockHeld(holder)
             self._write()
             return holder if holder is not None and holder.token != self.token else None

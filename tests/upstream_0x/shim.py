@@ -1,6 +1,7 @@
 """Test-only stand-ins for the mmcv 1.x and mmseg 0.x names that upstream's SegNeXt files import.
 
-The ``.py`` files beside this module are upstream's, unchanged (see README.md). :func:`load`
+Nothing of upstream is in this repository (see README.md): :func:`load` reads upstream's files
+from a local checkout of https://github.com/Linwei-Chen/FreqFusion that the caller names, and
 executes them in private modules whose ``import`` statements for ``mmcv.*``, ``mmseg.*`` and the
 relative ``..builder``, ``..losses``, ``.decode_head``, ``.FreqFusion`` are answered from here,
 so that they run beside the product's mmcv 2.x / mmseg 1.x without touching its modules or
@@ -36,8 +37,13 @@ from torch import nn
 
 from freqfusion.carafe import carafe as torch_carafe
 
-HERE = Path(__file__).resolve().parent
-FREQFUSION = HERE / "FreqFusion.py"
+# Upstream's files that :func:`load` executes, relative to the root of a FreqFusion checkout.
+FILES = {
+    "mscan": "SegNeXt/mmseg/models/backbones/mscan.py",
+    "decode_head": "SegNeXt/mmseg/models/decode_heads/decode_head.py",
+    "ham_head": "SegNeXt/mmseg/models/decode_heads/ham_head.py",
+    "FreqFusion": "SegNeXt/mmseg/models/decode_heads/FreqFusion.py",
+}
 
 
 class _Registry(dict):
@@ -117,27 +123,29 @@ def _execute(name: str, path: Path, modules: dict[str, types.ModuleType]) -> typ
     return module
 
 
-def load(freqfusion_file: str | Path = FREQFUSION) -> types.SimpleNamespace:
-    """Execute upstream's MSCAN and FreqFusion head, with ``freqfusion_file`` as ``.FreqFusion``.
+def load(upstream: str | Path, freqfusion_file: str | Path | None = None) -> types.SimpleNamespace:
+    """Execute upstream's MSCAN and FreqFusion head from the checkout ``upstream``.
 
     Args:
-        freqfusion_file: The FreqFusion module the head imports: upstream's SegNeXt copy (default)
-            or a study's replacement of it (``FreqFusion_DWT-FF.py``, ``FreqFusion_DSConv.py``).
+        upstream: The root of a local FreqFusion checkout (it holds the paths in :data:`FILES`).
+        freqfusion_file: The FreqFusion module the head imports: upstream's own (default) or a
+            study's replacement of it (``FreqFusion_DWT-FF.py``, ``FreqFusion_DSConv.py``).
 
     Returns:
         A namespace with ``MSCAN``, ``LightHamHeadFreqAware`` and the executed ``modules``.
     """
+    root = Path(upstream)
     modules = _stand_ins()
-    mscan = _execute("mscan", HERE / "mscan.py", modules)
-    modules[".decode_head"] = _execute("decode_head", HERE / "decode_head.py", modules)
-    modules[".FreqFusion"] = _execute("FreqFusion", Path(freqfusion_file), modules)
-    ham = _execute("ham_head", HERE / "ham_head.py", modules)
+    mscan = _execute("mscan", root / FILES["mscan"], modules)
+    modules[".decode_head"] = _execute("decode_head", root / FILES["decode_head"], modules)
+    modules[".FreqFusion"] = _execute("FreqFusion", Path(freqfusion_file or root / FILES["FreqFusion"]), modules)
+    ham = _execute("ham_head", root / FILES["ham_head"], modules)
 
     draw = ham.NMF2D._build_bases
 
-    def build_bases_on_cpu(self, B, S, D, R, cuda=False):
-        return draw(self, B, S, D, R, cuda=False)
+    def bases_on_cpu(self, *args, cuda=False):
+        return draw(self, *args, cuda=False)
 
-    ham.NMF2D._build_bases = build_bases_on_cpu
+    ham.NMF2D._build_bases = bases_on_cpu
     return types.SimpleNamespace(MSCAN=mscan.MSCAN, LightHamHeadFreqAware=ham.LightHamHeadFreqAware,
                                  modules=dict(modules, mscan=mscan, ham_head=ham))
