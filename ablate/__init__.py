@@ -15,6 +15,7 @@ The stages, in the order data flows through them (each reads what the one before
 ``ablate.results``          rows -> per-variant statistics (pandas; the notebook API)
 ``ablate.report``           results -> markdown, CSV, LaTeX, JSON, plot
 ``ablate.measure``          a config's model -> Params, MACs (counter, model, cache), latency
+``ablate.evaluate``         a checkpoint (0.x renamed by ``ablate.convert``) -> its mIoU, beside the runs
 ``ablate.tracking``         W&B; the only module that imports ``wandb``
 ==========================  ================================================================
 

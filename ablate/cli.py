@@ -11,6 +11,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -253,13 +254,16 @@ def report(
     """Collect a profile's runs and write its table (markdown, CSV, LaTeX, JSON; `-f all`: also a plot).
 
     Stale runs (config changed since they ran) are marked and left out of the statistics unless
-    --include-stale. Exits 1 when a run file cannot be read: it is named, and the rest is reported.
+    --include-stale. Checkpoints evaluated by `ablate eval` are shown as a "released weights" table
+    of their own. Exits 1 when a run file or an evaluation.json cannot be read: it is named, and the
+    rest is reported.
     """
     # lazy: matplotlib loads only for the PNG, scipy only for a paired t-test (2+ seeds), torch and
     # mmseg only when measuring, wandb only to log. The output is plain text: typer.echo, not rich.
     from ablate import tracking
     from ablate.collect import collect, measure_variants, with_measurements
     from ablate.errors import ReportError
+    from ablate.evaluate import read_evaluations
     from ablate.launch import job_state
     from ablate.report import parse_formats, render_markdown, write_reports
     from ablate.results import summarize
@@ -271,8 +275,9 @@ def report(
     if log_to_wandb:
         tracking.require(ReportError)  # before collecting and measuring
     collection = collect(spec, profile, measure=False, job_state=job_state)
-    problems = collection.problems
-    if not problems and all(s.status.value in ("pending", "queued") for s in collection.states):
+    released, unreadable = read_evaluations(spec, profile)  # checkpoints `ablate eval` evaluated
+    problems = collection.problems + unreadable
+    if not problems and not released and all(s.status.value in ("pending", "queued") for s in collection.states):
         where = WorkRoot.of(None).profile_dir(spec.name, profile)
         resumable = sum(s.checkpoint is not None for s in collection.states)
         state = (f"{resumable} of {len(collection.states)} can resume from a checkpoint" if resumable
@@ -282,7 +287,7 @@ def report(
     if measure:
         collection = with_measurements(collection, measure_variants(spec, profile))
     results = summarize(spec, profile, collection.runs, collection.measurements, problems,
-                        include_stale=include_stale)
+                        include_stale=include_stale, released=released)
     typer.echo(render_markdown(results))
     for path in write_reports(results, out, wanted):
         typer.echo(f"wrote {path}")
@@ -587,6 +592,87 @@ def convert(
     info = convert_file(source, out)
     typer.echo(f"wrote {out}: {info['keys']} tensors, {info['converted']} renamed from mmseg {info['format']} "
                f"(sha256 {info['sha256'][:12]} of {source}); keys look like {info['architecture']}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    checkpoints: Optional[list[str]] = typer.Option(
+        None, "--checkpoint", "-c", help="VARIANT=PATH or VARIANT=URL: weights to load into that variant's model; "
+                                         "repeatable (default: the variants' `checkpoint:` in the study file)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root (ADEChallengeData2016); "
+                                                                       "smoke: the synthetic set by default."),
+) -> None:
+    """Evaluate checkpoints on a profile's validation split: released weights (mmseg 0.x ones converted) or a run's.
+
+    Each result goes to work_dirs/STUDY/PROFILE/VARIANT/eval-NAME/evaluation.json, which `ablate report`
+    shows as "released weights". A checkpoint that cannot be evaluated is one line on stderr; the
+    others are still evaluated, and the exit code is 2.
+    """
+    from rich.markup import escape
+
+    from ablate import evaluate  # light: torch and mmseg load when the first checkpoint is evaluated
+    from ablate.launch.orchestrate import data_root_for
+
+    spec, profile = _study_and_profile(study, profile)
+    todo = evaluate.checkpoints_to_evaluate(spec, checkpoints or [])
+    root = data_root_for(spec, profile, data_root)
+    console, failed = _console(), 0
+    for variant, source in todo:
+        console.print(f"{variant}: evaluating {escape(source)} on the validation split of {root}")
+        try:
+            with _progress(console, variant) as report:
+                record, where = evaluate.evaluate(spec, profile, variant, source, root, progress=report)
+        except AblateError as exc:
+            if os.environ.get("ABLATE_FULL_ERROR"):
+                raise
+            _console(stderr=True).print(f"[bold red]error:[/] {variant}: {escape(str(exc))}")
+            failed += 1
+            continue
+        console.print(f"{variant}: {_eval_line(record)} [dim]-> {where / record.FILE}[/]")
+        trained = evaluate.trained_evaluation(record)
+        if trained is not None:
+            run, evaluation = trained
+            console.print(f"{variant}: run {run} evaluated iteration {evaluation.iteration} in training at "
+                          f"mIoU {evaluation.mIoU:.2f}")
+    if failed:
+        raise typer.Exit(2)
+
+
+def _eval_line(record) -> str:
+    """``mIoU 41.20  aAcc 80.10  mAcc 52.30  (mmseg 0.x, 26 keys renamed, sha256 ..., 2000 images, 95.0 s)``."""
+    scores = "  ".join(f"{name} {value:.2f}" for name, value in
+                       (("mIoU", record.miou), ("aAcc", record.aacc), ("mAcc", record.macc)) if value is not None)
+    kind = f"mmseg {record.format}" + (f", {record.converted} keys renamed" if record.converted else "")
+    if record.trusted:
+        kind = "ablate's own checkpoint"
+    return (f"{scores}  ({kind}, sha256 {record.sha256[:12]}, {record.images} images, "
+            f"{record.wall_time_s:.1f} s)")
+
+
+@contextlib.contextmanager
+def _progress(console, what: str):
+    """Yields a callback ``(done, total)``: a spinner on a terminal, a line every 30 s in a log."""
+    last = time.monotonic()
+    status = console.status(f"{what}: starting ...") if console.is_terminal else None
+    if status is not None:
+        status.start()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        if status is not None:
+            status.update(f"{what}: {done}/{total} images")
+        elif time.monotonic() - last >= 30 and done < total:
+            last = time.monotonic()
+            console.print(f"{what}: {done}/{total} images")
+
+    try:
+        yield report
+    finally:
+        if status is not None:
+            status.stop()
 
 
 def main() -> None:  # pragma: no cover - `python -m ablate`

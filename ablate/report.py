@@ -19,6 +19,11 @@ its contrast, estimate, 95 % interval over seeds, n, the paper's implied value) 
 (each claim: the difference it tests with its interval, the paper's, the verdict); the plot gets a
 second panel with those estimates and intervals, the paper's values marked. Columns and legend
 entries about the paper appear only when the study has paper numbers for them.
+
+Checkpoints evaluated by ``ablate eval`` (``Results.released``) are a table of their own, "Released
+weights", below the variants' in markdown and LaTeX (:func:`released_cells`), ``released_weights``
+in the JSON, and ``<profile>.released.csv`` beside the CSV (one row per checkpoint, so not in the
+one-row-per-variant CSV). Without evaluations none of these is there.
 """
 from __future__ import annotations
 
@@ -75,7 +80,19 @@ def write_reports(results: Results, out_dir: str | os.PathLike, formats: list[st
             else:
                 tmp.write_text(renderers[name](results))
         written.append(path)
+        if name == "csv":
+            written.extend(_write_released_csv(results, path.with_name(f"{results.profile}.released.csv")))
     return written
+
+
+def _write_released_csv(results: Results, path: Path) -> list[Path]:
+    """The released-weights CSV, or no file (and none left from an earlier report) without evaluations."""
+    if not len(results.released):
+        path.unlink(missing_ok=True)
+        return []
+    with atomic_write(path) as tmp:
+        tmp.write_text(render_released_csv(results))
+    return [path]
 
 
 # --------------------------------------------------------------------------- cells
@@ -180,6 +197,53 @@ def footer(results: Results) -> list[tuple[str, list[str]]]:
     return sections
 
 
+RELEASED_TITLE = "Released weights"
+
+
+def released_headers(results: Results) -> list[str]:
+    """Column titles of the released-weights table (markdown and LaTeX)."""
+    return ["variant", "checkpoint", "format", "mIoU", f"\u0394 ours ({results.compare_miou})", "paper",
+            "\u0394 paper", "aAcc", "mAcc", "sha256"]
+
+
+def released_cells(results: Results) -> pd.DataFrame:
+    """The released-weights table: display strings, one row per evaluated checkpoint (read by position)."""
+    r = results.released
+    columns = [r["label"], r["checkpoint"], r["format"], _num(r["miou"], 2), _signed(r["miou_vs_trained"], 2),
+               _num(r["paper_miou"], 2), _signed(r["miou_vs_paper"], 2), _num(r["aacc"], 2), _num(r["macc"], 2),
+               r["sha256"].str[:12]]
+    return pd.concat(columns, axis=1).set_axis(released_headers(results), axis=1)
+
+
+def released_lead(results: Results) -> str:
+    """The sentence above the released-weights table."""
+    return (f"Checkpoints evaluated by `ablate eval` with each variant's model on this profile's validation split; "
+            f"\u0394 ours: against our trained runs' {results.compare_miou} mIoU; sha256: the file's, first 12 digits.")
+
+
+def _released_markdown(results: Results) -> list[str]:
+    """The lines of the released-weights section (none without evaluations)."""
+    if not len(results.released):
+        return []
+    released = released_cells(results)
+    lines = ["", f"**{RELEASED_TITLE}**", "", _md(released_lead(results)), "",
+             "| " + " | ".join(released.columns) + " |", "|:---|:---|:---|" + "---:|" * 6 + ":---|"]
+    rows = released.itertuples(index=False, name=None)
+    return lines + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+
+
+def _released_latex(results: Results) -> list[str]:
+    """The released-weights tabular, below the variants' in the same table (nothing without evaluations)."""
+    if not len(results.released):
+        return []
+    released = released_cells(results)
+    lines = ["", "\\medskip", f"\\textbf{{{RELEASED_TITLE}.}} {latex_escape(released_lead(results))}\\par",
+             "\\smallskip", "\\begin{tabular}{lll" + "r" * 6 + "l}", "\\toprule",
+             " & ".join(latex_escape(h) for h in released.columns) + " \\\\", "\\midrule"]
+    lines += [" & ".join(latex_escape(c) for c in row) + " \\\\" for row in released.itertuples(index=False, name=None)]
+    return lines + ["\\bottomrule", "\\end{tabular}"]
+
+
 def _mean(v: pd.DataFrame, cols: MiouColumns) -> pd.Series:
     """``mean ± std (n=k)`` with two or more seeds, the mean alone with one, a dash with none."""
     def text(mean, std, n):
@@ -225,6 +289,7 @@ def render_markdown(results: Results) -> str:
                   "| " + " | ".join(cells_.columns) + " |",
                   "|" + "|".join(":---" if c in _TEXT_COLUMNS else "---:" for c in cells_.columns) + "|"]
         lines.extend("| " + " | ".join(_md(c) for c in row) + " |" for row in cells_.itertuples(index=False, name=None))
+    lines += _released_markdown(results)
     for title, items in footer(results):
         lines += ["", f"**{title}**", ""] + [f"- {_md(item)}" for item in items]
     return "\n".join(lines) + "\n"
@@ -257,6 +322,14 @@ def render_csv(results: Results) -> str:
     return csv_frame(results).to_csv(lineterminator="\n")
 
 
+def render_released_csv(results: Results) -> str:
+    """``Results.released`` with its numbers rounded as the tables print them; one row per checkpoint."""
+    out = results.released.copy()
+    for column in ("miou", "aacc", "macc", "trained_miou", "miou_vs_trained", "paper_miou", "miou_vs_paper"):
+        out[column] = _rounded(out[column], 2)
+    return out.to_csv(index=False, lineterminator="\n")
+
+
 def render_json(results: Results) -> str:
     """The machine-readable report (:meth:`Results.to_dict`), numbers unrounded, no NaN."""
     return json.dumps(results.to_dict(), indent=2, allow_nan=False, default=str) + "\n"
@@ -281,7 +354,8 @@ def render_latex(results: Results) -> str:
     ]
     lines.extend(" & ".join(latex_escape(c) for c in row) + " \\\\"
                  for row in table.itertuples(index=False, name=None))
-    lines += ["\\bottomrule", "\\end{tabular}", "", "\\smallskip", "{\\footnotesize", latex_escape(baseline)]
+    lines += ["\\bottomrule", "\\end{tabular}", *_released_latex(results)]
+    lines += ["", "\\smallskip", "{\\footnotesize", latex_escape(baseline)]
     for title, items in footer(results):
         lines.append(f"\\par\\textbf{{{latex_escape(title)}.}}")
         lines.extend(f"\\par {latex_escape(item)}" for item in items)

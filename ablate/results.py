@@ -48,6 +48,24 @@ gmacs ...              the same five for FLOPs in G MACs: ``gmacs``, ``gmacs_del
                        ``paper_gmacs_delta``, ``gmacs_vs_paper``
 =====================  ===========================================================================
 
+``Results.released`` holds the checkpoints that ``ablate eval`` evaluated (released weights, or
+our own), one row per ``evaluation.json`` given to :func:`summarize`, in study order; it has no
+rows when there are none, and then no report format shows it. Its columns (:data:`RELEASED_COLUMNS`):
+
+=====================  ===========================================================================
+variant, label         the variant whose model the weights were loaded into, and its label
+checkpoint             the checkpoint's file name (of the path or URL)
+format                 ``0.x`` (keys renamed from mmseg 0.x) or ``1.x``
+miou, aacc, macc       percent, mmseg's IoUMetric on the profile's validation split
+trained_miou           our trained runs' mean of the compared mIoU (``compare_miou``)
+miou_vs_trained        ``miou`` minus ``trained_miou``
+paper_miou             the paper's mIoU
+miou_vs_paper          ``miou`` minus ``paper_miou``
+sha256                 of the checkpoint file
+source, data_root      the path or URL evaluated, and the dataset root
+images, evaluated_at   validation images evaluated, and when the evaluation finished
+=====================  ===========================================================================
+
 Read sites name these columns through :data:`MIOU` (per mIoU kind), :data:`PARAMS` and :data:`FLOPS`
 (Results.compared gives the compared kind's), never by formatting strings. scipy is imported only for
 a paired t-test or an interval, so a one-seed report does not pay for it.
@@ -64,12 +82,14 @@ import os
 import statistics
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ablate import effects as fx
 from ablate.contrasts import factorial_terms
+from ablate.runs import CheckpointEval
 from ablate.study import Study, load_study
 
 ALPHA = 0.05  # a paired t-test below this marks the delta to the baseline
@@ -126,6 +146,10 @@ VARIANT_COLUMNS = (
     "params_m", "params_m_delta", "paper_params_m", "paper_params_m_delta", "params_m_vs_paper",
     "gmacs", "gmacs_delta", "paper_gmacs", "paper_gmacs_delta", "gmacs_vs_paper",
 )
+# The columns of Results.released, in order (the module docstring says what each holds).
+RELEASED_COLUMNS = ("variant", "label", "checkpoint", "format", "miou", "aacc", "macc", "trained_miou",
+                    "miou_vs_trained", "paper_miou", "miou_vs_paper", "sha256", "source", "data_root", "images",
+                    "evaluated_at")
 
 
 @dataclass
@@ -152,6 +176,8 @@ class Results:
     # one row per comparison of a claim, columns effects.CLAIM_COLUMNS; no rows without claims
     claims: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(fx.CLAIM_COLUMNS)))
     seed_noise: dict[str, Any] = field(default_factory=dict)  # {"std": residual std (NaN: one seed), "df": ...}
+    # checkpoints evaluated by `ablate eval`, one row each, columns RELEASED_COLUMNS
+    released: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(RELEASED_COLUMNS)))
 
     @property
     def compared(self) -> MiouColumns:
@@ -184,8 +210,11 @@ class Results:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """The machine-readable report: every number unrounded, with conventions and notes."""
-        return {
+        """The machine-readable report: every number unrounded, with conventions and notes.
+
+        ``released_weights`` (``Results.released``'s rows) is there only when checkpoints were evaluated.
+        """
+        data = {
             "study": self.study,
             "title": self.title,
             "profile": self.profile,
@@ -206,6 +235,9 @@ class Results:
             "runs": [_plain(row) for row in self.runs.to_dict("records")],
             "measurements": _plain(self.measurements),
         }
+        if len(self.released):
+            data["released_weights"] = [_plain(row) for row in self.released.to_dict("records")]
+        return data
 
 
 def frame(
@@ -236,6 +268,7 @@ def summarize(
     measurements: dict[str, dict] | None = None,
     problems: list[str] | None = None,
     include_stale: bool = False,
+    released: list[CheckpointEval] | None = None,
 ) -> Results:
     """Aggregate a profile's runs per variant and compare them with the baseline and the paper.
 
@@ -247,6 +280,8 @@ def summarize(
             on uncounted operators and failed measurements.
         problems: lines about runs that could not be read, kept for the report.
         include_stale: count ``stale`` runs (config changed since they ran) as if done.
+        released: checkpoints evaluated by ``ablate eval`` (:func:`ablate.evaluate.read_evaluations`)
+            for ``Results.released``; evaluations of another profile or of unknown variants are a ValueError.
     """
     study = _study(study)
     spec = study.profile(profile)
@@ -282,7 +317,30 @@ def summarize(
             study, fit, counted, pd.concat([effects, claims])), problems=list(problems or []), effects=effects,
         claims=claims,
         seed_noise={"std": fit.seed_std, "df": fit.df, "mIoU": study.compare_miou},
+        released=_released(study, profile, variants, released or []),
     )
+
+
+def _released(study: Study, profile: str, variants: pd.DataFrame, records: list[CheckpointEval]) -> pd.DataFrame:
+    """One row per evaluated checkpoint, in study order, beside our trained mIoU and the paper's."""
+    foreign = [f"{r.profile}/{r.variant}" for r in records if r.profile != profile or r.variant not in variants.index]
+    if foreign:
+        raise ValueError(f"evaluations of {', '.join(foreign)} given for profile `{profile}` of `{study.name}`")
+    order = list(variants.index)
+    rows = []
+    for r in sorted(records, key=lambda r: (order.index(r.variant), r.evaluated_at or "")):
+        trained, paper = variants.at[r.variant, MIOU[study.compare_miou].mean], variants.at[r.variant, "paper_miou"]
+        rows.append({
+            "variant": r.variant, "label": variants.at[r.variant, "label"],
+            "checkpoint": Path(r.source.split("?")[0]).name, "format": r.format,
+            "miou": r.miou, "aacc": r.aacc, "macc": r.macc, "trained_miou": trained,
+            "miou_vs_trained": r.miou - trained, "paper_miou": paper, "miou_vs_paper": r.miou - paper,
+            "sha256": r.sha256, "source": r.source, "data_root": r.data_root, "images": r.images,
+            "evaluated_at": r.evaluated_at,
+        })
+    frame = pd.DataFrame(rows, columns=list(RELEASED_COLUMNS))
+    return frame.astype(dict.fromkeys(("miou", "aacc", "macc", "trained_miou", "miou_vs_trained", "paper_miou",
+                                       "miou_vs_paper"), float))
 
 
 def _checked_runs(runs: pd.DataFrame, profile: str) -> pd.DataFrame:

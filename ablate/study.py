@@ -8,6 +8,9 @@ paper's numbers per variant. Every problem in a file is collected, each with its
 raised once as a :class:`~ablate.errors.StudyError`. Whether override keys exist in the base config
 is checked by :mod:`ablate.configs`, which needs mmengine; this module needs only PyYAML.
 
+A variant may name released weights, ``checkpoint:`` (a path relative to the study file, or an
+http(s) URL), which ``ablate eval`` evaluates when no ``--checkpoint`` is given.
+
 Paper numbers are given as the paper prints them: absolute values, or a string such as ``"+0.06"``
 that is relative to the baseline variant's paper value (Table 2 prints Params and FLOPs that way).
 
@@ -43,7 +46,7 @@ _TOP_KEYS = {
     "name", "title", "description", "base", "baseline", "compare_miou", "seeds", "variants",
     "profiles", "input_shape", "resources", "slurm", "wandb", "factors", "claims", "seed_std",
 }
-_VARIANT_KEYS = {"label", "overrides", "paper", "description", "levels"}
+_VARIANT_KEYS = {"label", "overrides", "paper", "description", "levels", "checkpoint"}
 _PROFILE_KEYS = {"description", "overrides", "data", "seeds", "sec_per_iter", "seed_std", "extends"}
 _CLAIM_KEYS = {"claim", "test"}
 _DATA_CHOICES = ("synthetic", "required")
@@ -58,6 +61,7 @@ class Variant:
     overrides: dict[str, Any]
     paper: dict[str, float]  # absolute values, relative entries already resolved
     levels: dict[str, str] | None = None  # its level of each factor; None: not a cell of the factorial
+    checkpoint: str | None = None  # released weights for `ablate eval`: an http(s) URL or an absolute path
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,10 @@ def load_study(name_or_path: str) -> Study:
                                           "`factors`; give a factor a level instead")
         paper = _paper_numbers(name, raw.get("paper") or {}, baseline_paper, name == baseline,
                                lambda msg, k=where: problem(f"{k}.paper", msg))
-        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper, levels_of.get(name))
+        checkpoint = _checkpoint(path, name, raw.get("checkpoint"),
+                                 lambda msg, k=where: problem(f"{k}.checkpoint", msg))
+        variants[name] = Variant(str(name), str(raw.get("label", name)), dict(overrides), paper, levels_of.get(name),
+                                 checkpoint)
     for name, levels in levels_of.items():  # every cell's overrides: its levels', factor by factor
         overrides = {}
         for factor, level in levels.items():
@@ -226,7 +233,8 @@ def load_study(name_or_path: str) -> Study:
                                      locations.get(f"factors.{factor}.{level}.{key}", path.name))
         label = variants[name].label if name in variants else ", ".join(f"{f} {lv}" for f, lv in levels.items())
         paper = variants[name].paper if name in variants else {}
-        variants[name] = Variant(name, label, overrides, paper, levels)
+        checkpoint = variants[name].checkpoint if name in variants else None
+        variants[name] = Variant(name, label, overrides, paper, levels, checkpoint)
     base_levels = levels_of.get(baseline) or {f: next(iter(lv)) for f, lv in factor_levels.items()}
     factors = {f: Factor(f, lv, base_levels[f]) for f, lv in factor_levels.items()}
 
@@ -536,6 +544,23 @@ def _paper_numbers(variant, raw, baseline_raw, is_baseline, problem) -> dict[str
         else:
             problem(f"variant `{variant}`: paper {metric} `{value}` is not a number")
     return numbers
+
+
+def _checkpoint(path: Path, variant: str, value, problem) -> str | None:
+    """A variant's ``checkpoint:``, an http(s) URL or a path relative to the study file, made absolute.
+
+    Whether the file exists is left to ``ablate eval``: released weights are often fetched later.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problem(f"variant `{variant}`: `checkpoint` must be a path or an http(s) URL, not {value!r}")
+        return None
+    if "://" in value:
+        if not value.startswith(("http://", "https://")):
+            problem(f"variant `{variant}`: `checkpoint` URL `{value}`: only http:// and https:// are fetched")
+        return value
+    return os.path.abspath(path.parent / os.path.expanduser(value))
 
 
 def _hint(key: str, choices) -> str:

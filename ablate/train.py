@@ -13,6 +13,9 @@ timestamped log folder, and ``runtime_config.py``: the config as it actually ran
 - ``result.json``, atomically and last, when training and the final evaluation finished;
 - ``failed.json`` when an exception ends the attempt: a one-line error and the log's tail.
 
+Every evaluation starts from the same random state (:class:`SeededValidation`), so that it
+depends on the weights alone.
+
 The worker takes the run's lock over from the ``ablate run`` that launched it (the token in
 ``run.json`` says it may; see :mod:`ablate.runs.lock`) and keeps it fresh while it trains. Under torchrun, or a Slurm job with
 several tasks, every process trains and only rank 0 writes these files; on CPUs the processes
@@ -139,6 +142,7 @@ def build_runner(work_dir: Path, world_size: int, hook: "ProgressHook"):
     hook.load(cfg, checkpoint[1] if checkpoint else 0)
     runner = Runner.from_cfg(cfg)
     runner.register_hook(hook, priority="VERY_LOW")
+    runner.register_hook(SeededValidation())
     return runner
 
 
@@ -206,6 +210,35 @@ class FormatOnceConfig(Config):
     """
 
     pretty_text = property(configs.config_text)
+
+
+class SeededValidation(Hook):
+    """Starts every evaluation from one random state, and gives training its own back afterwards.
+
+    Some heads draw random numbers at inference: mmseg's LightHamHead (SegNeXt's) starts its NMF
+    from fresh ``torch.rand`` bases on every forward pass. Unseeded, an evaluation's mIoU depends on
+    how much randomness training drew before it (0.1 apart on the smoke set); seeded, it depends on
+    the weights and the data alone, so ``ablate eval`` of a run's checkpoint gives the mIoU the run
+    recorded. Training gets its own random state back: an evaluation does not change its course.
+    """
+
+    priority = "VERY_HIGH"
+    SEED = 0
+
+    def before_val_epoch(self, runner) -> None:
+        import torch
+
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.saved = torch.get_rng_state(), cuda
+        torch.manual_seed(self.SEED)  # every device's generator
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        import torch
+
+        cpu, cuda = self.saved
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class ProgressHook(Hook):

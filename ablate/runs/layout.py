@@ -8,6 +8,8 @@
         timings.json                      seconds per iteration measured by `ablate plan --measure`
         wandb/                            the W&B report job's files (ablate.tracking)
         <variant>/seed<k>/                one run (see :mod:`ablate.runs.folder`)
+        <variant>/eval-<name>/            one checkpoint evaluated with the variant's model by
+                                          `ablate eval`: evaluation.json and mmengine's log
 
 A :class:`Run` knows its place in this tree; nothing else builds or takes apart these paths.
 Names of studies, profiles and variants become folder names, so they are restricted to
@@ -24,6 +26,7 @@ from pathlib import Path
 ENV_WORK_DIR = "ABLATE_WORK_DIR"
 DEFAULT_WORK_DIR = "work_dirs"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+EVAL_PREFIX = "eval-"  # a variant's evaluation folders; its runs' are seed<k>
 
 
 def bad_name(name: object) -> str | None:
@@ -61,6 +64,27 @@ class WorkRoot:
     def measure_cache(self) -> Path:
         """Where Params/FLOPs measurements are cached by model hash."""
         return self.path / ".measure"
+
+    def eval_dir(self, study: str, profile: str, variant: str, checkpoint: str, sha256: str) -> Path:
+        """The folder of one checkpoint's evaluation: ``<variant>/eval-<file stem>-<sha256[:8]>``.
+
+        The stem names the checkpoint for a reader; the hash keeps two files of one name (every
+        run's ``iter_40.pth``) apart, and gives an evaluation of the same file again the same folder.
+
+        Args:
+            study, profile, variant: whose model the weights are loaded into.
+            checkpoint: the checkpoint's file name or path or URL; its stem, with characters a
+                folder name may not hold replaced by ``_``.
+            sha256: the checkpoint file's hash, in hex.
+        """
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(checkpoint.split("?")[0]).name)
+        stem = stem.removesuffix(".pth").lstrip(".-") or "checkpoint"
+        return self.profile_dir(study, profile) / _checked(variant) / f"{EVAL_PREFIX}{stem}-{sha256[:8]}"
+
+    def eval_dirs(self, study: str, profile: str, variant: str) -> list[Path]:
+        """The evaluation folders of a variant, by name (finished or not)."""
+        return sorted(p for p in (self.profile_dir(study, profile) / _checked(variant)).glob(f"{EVAL_PREFIX}*")
+                      if p.is_dir())
 
     def timings_file(self, study: str, profile: str) -> Path:
         """Seconds per iteration measured by ``ablate plan --measure`` for one profile."""

@@ -11,6 +11,10 @@ file              record                   written by, when
                                            removed when the run is started again
 ================  =======================  ==================================================
 
+Beside the runs, ``<variant>/eval-<checkpoint>/`` (:meth:`ablate.runs.WorkRoot.eval_dir`) holds
+``evaluation.json`` (:class:`CheckpointEval`), written atomically by ``ablate eval`` when the
+evaluation of one checkpoint on the profile's validation split finished.
+
 Every file carries ``"schema": SCHEMA``; a file without one was written by an ablate before
 schemas and reads the same. Every write is atomic (:func:`ablate.io.atomic_write`: a temporary
 file, fsync, ``os.replace``), so a reader sees the old file or the new one, never half of one:
@@ -198,6 +202,31 @@ class Failure(Record):
     exit_code: int | None = None  # negative: killed by that signal
 
 
+@dataclass
+class CheckpointEval(Record):
+    """``evaluation.json``: one checkpoint's weights evaluated on a profile's validation split (``ablate eval``)."""
+
+    FILE: ClassVar[str] = "evaluation.json"
+
+    study: str
+    profile: str
+    variant: str  # the variant whose config built the model the weights were loaded into
+    source: str  # the checkpoint as given: an absolute path or an http(s) URL
+    sha256: str  # of the checkpoint file as read (the download, for a URL)
+    format: str  # "0.x" (keys renamed by ablate.convert) or "1.x"
+    miou: float  # percent, mmseg's IoUMetric
+    aacc: float | None = None
+    macc: float | None = None
+    converted: int = 0  # keys renamed from mmseg 0.x names
+    trusted: bool = False  # read as one of ablate's own run checkpoints (lies under the work root)
+    iteration: int | None = None  # N of a run's iter_N.pth
+    images: int | None = None  # validation images evaluated
+    data_root: str | None = None
+    run_key: str | None = None  # ablate.configs.run_key of the variant's config, as trained runs record it
+    evaluated_at: str | None = None  # ISO time with offset, when the evaluation finished
+    wall_time_s: float | None = None  # building the model and data, loading the weights, evaluating
+
+
 def append_attempt(work_dir: str | os.PathLike, attempt: Attempt) -> None:
     """Add one line to ``attempts.jsonl`` (appended and flushed: earlier lines are never rewritten)."""
     with open(Path(work_dir) / ATTEMPTS_FILE, "a") as f:
@@ -261,6 +290,8 @@ def _value(value: Any, hint: Any, path: Path, name: str):
         return _build(hint, value, path, name)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
+    if hint is bool and isinstance(value, bool):
+        return value
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str):
