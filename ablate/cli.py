@@ -29,6 +29,9 @@ data_app = typer.Typer(help="Datasets: make the synthetic smoke set, check a rea
 app.add_typer(data_app, name="data")
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile of the study (default: `paper` if it has one).")
+ProcessesOpt = typer.Option(None, "--gpus-per-run", min=1, help="Processes (GPUs) per run, K: each trains on total "
+                                                                "batch / K images, with SyncBN when K > 1 (default: "
+                                                                "the study's resources.gpus_per_run, else 1).")
 
 
 def _console(stderr: bool = False):
@@ -64,6 +67,11 @@ def _study_and_profile(study: str, profile: Optional[str]):
     return spec, name
 
 
+def _processes(spec, given: Optional[int]) -> int:
+    """``--gpus-per-run``, else the study's ``resources.gpus_per_run`` (what torchrun and Slurm default to)."""
+    return given or int(spec.resources.get("gpus_per_run") or 1)
+
+
 @app.command()
 @user_errors
 def studies() -> None:
@@ -89,9 +97,10 @@ def studies() -> None:
 @app.command()
 @user_errors
 def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yaml) or path.")) -> None:
-    """Print a study's variants, profiles, runs and the paper's numbers."""
+    """Print a study's variants, profiles (with their total batch), runs and the paper's numbers."""
     from rich.table import Table
 
+    from ablate import configs as cfgs
     from ablate.study import METRICS, load_study
 
     spec = load_study(study)
@@ -105,10 +114,14 @@ def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yam
         overrides = "\n".join(f"{k} = {val!r}" for k, val in v.overrides.items()) or "(base config)"
         table.add_row(v.name, v.label, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
     console.print(table)
-    table = Table("profile", "data", "seeds", "runs", "overridden keys", "description", title="profiles")
+    processes = _processes(spec, None)
+    table = Table("profile", "data", "seeds", "runs", "total batch", "overridden keys", "description",
+                  title=f"profiles ({processes} process(es) per run: resources.gpus_per_run)")
     table.columns[0].no_wrap = True
     for p in spec.profiles.values():
-        table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))),
+        cfg = cfgs.resolve(spec, spec.runs(p.name, variants=[spec.baseline])[0], processes=processes)
+        batch = f"{cfg.ablate.total_batch} ({processes} x {cfg.train_dataloader.batch_size})"
+        table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))), batch,
                       str(len(p.overrides)), p.description)
     console.print(table)
 
@@ -124,12 +137,14 @@ def configs(
     profile: Optional[str] = ProfileOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
+    gpus_per_run: Optional[int] = ProcessesOpt,
 ) -> None:
     """Write one resolved config.py per run (variant x seed) of a profile: what `ablate run` trains.
 
     The data root is the one `ablate run` would use (--data-root, or the synthetic set of a smoke
-    profile); a real-data profile without --data-root keeps the base config's. A run folder that
-    `ablate run` has launched keeps its config.py (the config it trains with); `--out` writes elsewhere.
+    profile); a real-data profile without --data-root keeps the base config's. With --gpus-per-run K
+    it is what each of K processes trains. A run folder that `ablate run` has launched keeps its
+    config.py (the config it trains with); `--out` writes elsewhere.
     """
     from ablate import configs as cfgs
     from ablate.launch.orchestrate import data_root_for
@@ -140,7 +155,9 @@ def configs(
     runs = spec.runs(profile)
     if data_root is not None or spec.profile(profile).data == "synthetic":
         data_root = data_root_for(spec, profile, data_root, create=False)
-    resolved = [cfgs.resolve(spec, run, data_root=data_root) for run in runs]  # every error before any write
+    processes = _processes(spec, gpus_per_run)
+    # every error before any write
+    resolved = [cfgs.resolve(spec, run, data_root=data_root, processes=processes) for run in runs]
     for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / folder.CONFIG) if out else run.work_dir / folder.CONFIG
         launched = (run.work_dir / RunInfo.FILE).exists() or folder.holds_training(run.work_dir)
@@ -360,7 +377,8 @@ def run(
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides), backend, root)
+        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, processes=backend.processes_per_run),
+                    backend, root)
         return
     outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
                          console=console)
@@ -383,7 +401,9 @@ def _print_plan(console, planned, backend, root) -> None:
     for p in planned:
         table.add_row(p.run.key, p.action, p.note, p.key)
     console.print(table)
-    console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run; data {root}")
+    total = planned[0].cfg.ablate.total_batch if planned else None
+    batch = f", total batch {total} ({total // backend.processes_per_run} per process)" if total else ""
+    console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run{batch}; data {root}")
 
 
 @app.command()

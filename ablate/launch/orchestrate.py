@@ -93,7 +93,7 @@ def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | Non
 
 
 def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool = False,
-              overrides: Overrides = None) -> list[RunDecision]:
+              overrides: Overrides = None, processes: int = 1) -> list[RunDecision]:
     """Resolve each run's config and decide what to do with it (the rules in the module doc).
 
     Args:
@@ -103,10 +103,12 @@ def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool 
         restart: whether runs whose config changed are trained again (else they are conflicts).
         overrides: extra dotted config keys for every run, or ``f(run, cfg)`` returning them per run
             (``--wandb``: :func:`ablate.tracking.overrides_for` adds a vis backend).
+        processes: processes per run (the launcher's ``processes_per_run``); each trains on its
+            share of the total batch (:func:`ablate.configs.resolve`).
     """
     decisions = []
     for run in runs:
-        cfg = configs.resolve(study, run, data_root=data_root)
+        cfg = configs.resolve(study, run, data_root=data_root, processes=processes)
         if overrides:
             cfg.merge_from_dict(dict(overrides(run, cfg) if callable(overrides) else overrides))
         decisions.append(decide(run, cfg, restart))
@@ -201,7 +203,7 @@ def run_study(
     """
     if detach and not launcher.can_detach:
         raise LaunchError(f"--detach needs a launcher whose jobs outlive `ablate run` (slurm), not `{launcher.name}`")
-    decisions = plan_runs(study, runs, data_root, restart, overrides)
+    decisions = plan_runs(study, runs, data_root, restart, overrides, processes=launcher.processes_per_run)
     conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
@@ -256,7 +258,8 @@ def _prepare(decisions: Sequence[RunDecision], launcher: Launcher, data_root: Pa
         digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
         RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
                 host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
-                data_root=str(data_root), **launcher.run_info()).write(d.run.work_dir)
+                data_root=str(data_root), total_batch=d.cfg.ablate.total_batch,
+                **launcher.run_info()).write(d.run.work_dir)
         locks[d.run] = lock
     return locks
 
