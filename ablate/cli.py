@@ -364,7 +364,7 @@ def run(
     from ablate import tracking  # light: wandb is imported only by what logs (the workers)
     from ablate.errors import LaunchError
     from ablate.launch import make_launcher
-    from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
+    from ablate.launch.orchestrate import LAUNCHED, data_root_for, describe, plan_runs, run_study
 
     spec, profile = _study_and_profile(study, profile)
     runs = spec.runs(profile, variants=_csv(variants, "--variants"), seeds=_csv(seeds, "--seeds", int))
@@ -376,12 +376,23 @@ def run(
         tracking.require(LaunchError)
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
+    weights_command = f"ablate weights {study} --profile {profile}"
+
+    def preflight(decisions) -> None:
+        """Before any launch: every pretrained checkpoint the runs load is cached or reachable."""
+        from ablate.weights import require
+
+        for checkpoint in require([d.cfg for d in decisions], weights_command):
+            console.print(f"[yellow]note:[/] {checkpoint.name} is not cached: each run downloads it from "
+                          f"{checkpoint.url} (nodes without internet: `{weights_command} --download` first)")
+
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, processes=backend.processes_per_run),
-                    backend, root)
+        planned = plan_runs(spec, runs, root, restart, overrides, processes=backend.processes_per_run)
+        preflight([p for p in planned if p.action in LAUNCHED])
+        _print_plan(console, planned, backend, root)
         return
     outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
-                         console=console)
+                         console=console, preflight=preflight)
     for outcome in outcomes:
         if outcome.status in ("skipped", "submitted"):  # done and failed ones were printed as they ended
             console.print(describe(outcome))
@@ -440,6 +451,55 @@ def status(
 
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+@app.command()
+@user_errors
+def weights(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    download: bool = typer.Option(False, "--download", help="Download the checkpoints that are not cached yet."),
+) -> None:
+    """List the pretrained checkpoints a profile's runs load, where mmengine caches each, and whether it is there.
+
+    Runs download them when they start; a compute node without internet needs them in the cache
+    first: run this with --download where there is internet (the cache is torch.hub's,
+    $TORCH_HOME/hub/checkpoints), or copy each file to the path shown.
+    """
+    from rich.markup import escape
+
+    from ablate import configs as cfgs
+    from ablate import weights as w
+
+    spec, profile = _study_and_profile(study, profile)
+    console = _console()
+    found = w.checkpoints(cfgs.resolve(spec, run) for run in spec.runs(profile))
+    if not found:
+        console.print(f"the runs of `{spec.name}` (profile `{profile}`) load no pretrained checkpoint")
+        return
+    for checkpoint in found:
+        if checkpoint.cached:
+            state = f"[green]cached[/] ({checkpoint.path.stat().st_size / 1e6:.1f} MB)"
+        elif download:
+            _download(console, checkpoint)
+            state = f"[green]downloaded[/] ({checkpoint.path.stat().st_size / 1e6:.1f} MB)"
+        else:
+            reason = w.probe(checkpoint.url)
+            state = ("[yellow]missing[/], reachable: --download fetches it" if reason is None
+                     else f"[red]missing[/], unreachable from here ({escape(reason)})")
+        console.print(f"{checkpoint.key}\n  url   {checkpoint.url}\n  file  {checkpoint.path}\n  {state}")
+
+
+def _download(console, checkpoint) -> None:
+    """Download one checkpoint with a progress bar (on a terminal) that goes away when done."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ablate.weights import download
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"downloading {checkpoint.name}", total=None)
+        download(checkpoint, lambda done, total: bar.update(task, completed=done, total=total))
 
 
 @data_app.command("synth")

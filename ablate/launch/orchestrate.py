@@ -184,6 +184,7 @@ def run_study(
     detach: bool = False,
     overrides: Overrides = None,
     console=None,
+    preflight: Callable[[list[RunDecision]], None] | None = None,
 ) -> list[RunOutcome]:
     """Train and evaluate every run that is not done yet; one outcome per run, in ``runs`` order.
 
@@ -196,6 +197,8 @@ def run_study(
         detach: submit and return at once (launchers that outlive this process only).
         overrides: extra dotted config keys for every run (see :func:`plan_runs`).
         console: a rich console for progress, or None for none.
+        preflight: called with the runs about to launch before any is locked or written; raises
+            to stop them all (``ablate run``: their pretrained checkpoints, :func:`ablate.weights.require`).
 
     Raises:
         LaunchError: changed configs without ``restart``, ``detach`` on a launcher that cannot,
@@ -207,6 +210,8 @@ def run_study(
     conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
+    if preflight is not None:
+        preflight([d for d in decisions if d.action in LAUNCHED])
     outcomes: dict[Run, RunOutcome] = {}
     attached: list[RunHandle] = []
     for d in decisions:
