@@ -199,13 +199,48 @@ def plan(
     study: str = typer.Argument(..., help="Study name or path."),
     profile: Optional[str] = ProfileOpt,
     sec_per_iter: Optional[float] = typer.Option(
-        None, "--sec-per-iter", help="Seconds per training iteration (default: measured, else the profile's)."),
+        None, "--sec-per-iter", help="Seconds per training iteration of every variant (default: timed by "
+                                     "--measure, else measured by finished runs, else the profile's)."),
+    gpus_per_run: Optional[int] = ProcessesOpt,
+    measure: bool = typer.Option(False, "--measure", help="First time a few training iterations and a validation "
+                                                          "batch of each variant on this device (CPU or CUDA); "
+                                                          "kept in the profile's timings.json."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset to time on (--measure); "
+                                                                       "smoke: the synthetic set by default."),
 ) -> None:
-    """Print the runs of a profile, their iterations and the estimated compute cost."""
+    """Print the runs of a profile, each variant's pace and the estimated device time, evaluation included."""
     from ablate.plan import plan_study, render_plan
 
     spec, profile = _study_and_profile(study, profile)
-    render_plan(_console(), plan_study(spec, profile, sec_per_iter))
+    processes = _processes(spec, gpus_per_run)
+    console = _console()
+    if measure:
+        _measure_timings(console, spec, profile, processes, data_root)
+    render_plan(console, plan_study(spec, profile, sec_per_iter, processes))
+
+
+def _measure_timings(console, spec, profile: str, processes: int, data_root: Optional[Path]) -> None:
+    """``plan --measure``: time each variant, one line each, into the profile's timings.json."""
+    import time
+
+    # lazy: torch, mmengine and mmseg load only to measure
+    from ablate.launch.orchestrate import data_root_for
+    from ablate.timings import measure_study
+
+    root = data_root_for(spec, profile, data_root)
+    started = {}
+
+    def progress(variant: str, timing) -> None:
+        if timing is None:
+            started[variant] = time.time()
+            return
+        evaluation = (f", eval {timing.eval_sec_per_image:.3g} s/image" if timing.eval_sec_per_image is not None
+                      else "")
+        console.print(f"timed {variant:<16} {timing.sec_per_iter:.3g} s/iter{evaluation}  "
+                      f"[dim]({time.time() - started[variant]:.0f} s)[/]")
+
+    timings = measure_study(spec, profile, root, processes, progress=progress)
+    console.print(f"[dim]on {timings.device}; {timings.per_process_batch} images per process[/]")
 
 
 @app.command()
