@@ -97,6 +97,9 @@ def measure_study(study: Study, profile: str, data_root: Path, processes: int = 
         work_root: the work root of the timings file; default ``$ABLATE_WORK_DIR``.
         progress: called with ``(variant, None)`` before and ``(variant, timing)`` after each one.
     """
+    # As ablate.launch.pool starts workers: idle OpenMP threads sleep instead of spinning (ten
+    # times slower on a shared machine). Read once, when torch loads: `ablate plan` loads it here.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ablate import compat
 
     compat.apply()  # before mmseg: mmcv-lite stand-ins, torch.load
