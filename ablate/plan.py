@@ -169,7 +169,8 @@ def render_plan(console, plan: Plan) -> None:
     if plan.timings is not None:
         console.print(f"timings.json: {plan.timings.device}, measured {plan.timings.measured_at}; "
                       f"{plan.timings.val_images or '?'} validation images")
-    again = f"`ablate plan {plan.study.name} -p {plan.profile} --gpus-per-run {plan.processes} --measure` times it again"
+    again = (f"`ablate plan {plan.study.name} -p {plan.profile} --gpus-per-run {plan.processes} --measure` "
+             "times it again")
     if plan.timings is not None and plan.timings.processes != plan.processes:
         console.print(f"[yellow]timings.json timed {plan.timings.processes} process(es) per run, not "
                       f"{plan.processes}[/]; {again}")

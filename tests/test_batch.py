@@ -43,7 +43,8 @@ def test_k_processes_share_the_total_batch_and_nothing_else_changes(table2, prof
     # The one place where K enters: the per-process batch and the norm of the backbone. The
     # Hamburger head normalises with GroupNorm, which does not depend on the batch.
     rows = configs.diff(one, two, ignore=("ablate",))
-    assert rows == [("model.backbone.norm_cfg.type", "BN", "SyncBN"), ("train_dataloader.batch_size", total, total // 2)]
+    assert rows == [("model.backbone.norm_cfg.type", "BN", "SyncBN"),
+                    ("train_dataloader.batch_size", total, total // 2)]
     assert two.model.decode_head.norm_cfg.type == "GN"
     assert configs.run_key(one) != configs.run_key(two)
 
