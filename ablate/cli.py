@@ -35,6 +35,9 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile of the study (d
 SetOpt = typer.Option(None, "--set", help="KEY=VALUE: set a config key for this invocation, after the profile's and "
                                           "the variant's (the value is YAML); repeatable. Part of each run's config "
                                           "and run key; `ablate run` records it in run.json.")
+ProcessesOpt = typer.Option(None, "--gpus-per-run", min=1, help="Processes (GPUs) per run, K: each trains on total "
+                                                                "batch / K images, with SyncBN when K > 1 (default: "
+                                                                "the study's resources.gpus_per_run, else 1).")
 
 
 def _console(stderr: bool = False):
@@ -70,6 +73,11 @@ def _study_and_profile(study: str, profile: Optional[str]):
     return spec, name
 
 
+def _processes(spec, given: Optional[int]) -> int:
+    """``--gpus-per-run``, else the study's ``resources.gpus_per_run`` (what torchrun and Slurm default to)."""
+    return given or int(spec.resources.get("gpus_per_run") or 1)
+
+
 @app.command()
 @user_errors
 def studies() -> None:
@@ -95,9 +103,10 @@ def studies() -> None:
 @app.command()
 @user_errors
 def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yaml) or path.")) -> None:
-    """Print a study's variants, profiles, runs and the paper's numbers."""
+    """Print a study's variants, profiles (with their total batch), runs and the paper's numbers."""
     from rich.table import Table
 
+    from ablate import configs as cfgs
     from ablate.study import METRICS, load_study
 
     spec = load_study(study)
@@ -121,10 +130,14 @@ def show(study: str = typer.Argument(..., help="Study name (experiments/NAME.yam
         cell = (", ".join(f"{f}={lv}" for f, lv in v.levels.items()) if v.levels else "-",) if spec.factors else ()
         table.add_row(v.name, v.label, *cell, overrides, *(_fmt(v.paper.get(m)) for m in METRICS))
     console.print(table)
-    table = Table("profile", "data", "seeds", "runs", "overridden keys", "extends", "description", title="profiles")
+    processes = _processes(spec, None)
+    table = Table("profile", "data", "seeds", "runs", "total batch", "overridden keys", "extends", "description",
+                  title=f"profiles ({processes} process(es) per run: resources.gpus_per_run)")
     table.columns[0].no_wrap = True
     for p in spec.profiles.values():
-        table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))),
+        cfg = cfgs.resolve(spec, spec.runs(p.name, variants=[spec.baseline])[0], processes=processes)
+        batch = f"{cfg.ablate.total_batch} ({processes} x {cfg.train_dataloader.batch_size})"
+        table.add_row(p.name, p.data, str(list(p.seeds or spec.seeds)), str(len(spec.runs(p.name))), batch,
                       str(len(p.overrides)), p.extends or "-", p.description)
     console.print(table)
     for claim in spec.claims:
@@ -143,12 +156,14 @@ def configs(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of each run's work_dir."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset root for every dataloader."),
     sets: Optional[list[str]] = SetOpt,
+    gpus_per_run: Optional[int] = ProcessesOpt,
 ) -> None:
     """Write one resolved config.py per run (variant x seed) of a profile: what `ablate run` trains.
 
     The data root is the one `ablate run` would use (--data-root, or the synthetic set of a smoke
-    profile); a real-data profile without --data-root keeps the base config's. A run folder that
-    `ablate run` has launched keeps its config.py (the config it trains with); `--out` writes elsewhere.
+    profile); a real-data profile without --data-root keeps the base config's. With --gpus-per-run K
+    it is what each of K processes trains. A run folder that `ablate run` has launched keeps its
+    config.py (the config it trains with); `--out` writes elsewhere.
     """
     from ablate import configs as cfgs
     from ablate.launch.orchestrate import data_root_for
@@ -160,7 +175,9 @@ def configs(
     if data_root is not None or spec.profile(profile).data == "synthetic":
         data_root = data_root_for(spec, profile, data_root, create=False)
     overrides = cfgs.parse_sets(sets)
-    resolved = [cfgs.resolve(spec, run, data_root=data_root, sets=overrides) for run in runs]  # errors before writes
+    processes = _processes(spec, gpus_per_run)
+    # every error before any write
+    resolved = [cfgs.resolve(spec, run, data_root=data_root, sets=overrides, processes=processes) for run in runs]
     for run, cfg in zip(runs, resolved):
         target = (out / run.variant / f"seed{run.seed}" / folder.CONFIG) if out else run.work_dir / folder.CONFIG
         launched = (run.work_dir / RunInfo.FILE).exists() or folder.holds_training(run.work_dir)
@@ -214,7 +231,14 @@ def plan(
     study: str = typer.Argument(..., help="Study name or path."),
     profile: Optional[str] = ProfileOpt,
     sec_per_iter: Optional[float] = typer.Option(
-        None, "--sec-per-iter", help="Seconds per training iteration (default: measured, else the profile's)."),
+        None, "--sec-per-iter", help="Seconds per training iteration of every variant (default: timed by "
+                                     "--measure, else measured by finished runs, else the profile's)."),
+    gpus_per_run: Optional[int] = ProcessesOpt,
+    measure: bool = typer.Option(False, "--measure", help="First time a few training iterations and a validation "
+                                                          "batch of each variant on this device (CPU or CUDA); "
+                                                          "kept in the profile's timings.json."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset to time on (--measure); "
+                                                                       "smoke: the synthetic set by default."),
     sets: Optional[list[str]] = SetOpt,
     power: bool = typer.Option(False, "--power", help="Also print the seeds each effect and claim needs to find the "
                                                       "paper's difference (95 % interval, power 0.8), and their cost."),
@@ -223,15 +247,45 @@ def plan(
     detect: Optional[float] = typer.Option(None, "--detect", help="--power: find this mIoU difference everywhere "
                                                                   "instead of the paper's."),
 ) -> None:
-    """Print the runs of a profile, their iterations and the estimated compute cost; --power: seeds needed."""
+    """Print the runs of a profile, each variant's pace and the estimated device time, evaluation included;
+    with --power, the seeds each effect and claim needs."""
     from ablate.configs import parse_sets
     from ablate.plan import plan_study, power_plan, render_plan, render_power
 
     spec, profile = _study_and_profile(study, profile)
-    planned = plan_study(spec, profile, sec_per_iter, sets=parse_sets(sets))
-    render_plan(_console(), planned)
+    processes = _processes(spec, gpus_per_run)
+    overrides = parse_sets(sets)
+    console = _console()
+    if measure:
+        _measure_timings(console, spec, profile, processes, data_root)
+    planned = plan_study(spec, profile, sec_per_iter, processes, sets=overrides)
+    render_plan(console, planned)
     if power:
-        render_power(_console(), power_plan(planned, seed_std, detect))
+        render_power(console, power_plan(planned, seed_std, detect))
+
+
+def _measure_timings(console, spec, profile: str, processes: int, data_root: Optional[Path]) -> None:
+    """``plan --measure``: time each variant, one line each, into the profile's timings.json."""
+    import time
+
+    # lazy: torch, mmengine and mmseg load only to measure
+    from ablate.launch.orchestrate import data_root_for
+    from ablate.timings import measure_study
+
+    root = data_root_for(spec, profile, data_root)
+    started = {}
+
+    def progress(variant: str, timing) -> None:
+        if timing is None:
+            started[variant] = time.time()
+            return
+        evaluation = (f", eval {timing.eval_sec_per_image:.3g} s/image" if timing.eval_sec_per_image is not None
+                      else "")
+        console.print(f"timed {variant:<16} {timing.sec_per_iter:.3g} s/iter{evaluation}  "
+                      f"[dim]({time.time() - started[variant]:.0f} s)[/]")
+
+    timings = measure_study(spec, profile, root, processes, progress=progress)
+    console.print(f"[dim]on {timings.device}; {timings.per_process_batch} images per process[/]")
 
 
 @app.command()
@@ -401,11 +455,11 @@ def run(
     """
     # lazy: keeps `--help` fast; torch loads only for --gpus, submitit only for slurm
     from ablate import tracking  # light: wandb is imported only by what logs (the workers)
-    from ablate.data.check import quick_check
     from ablate.configs import parse_sets
+    from ablate.data.check import quick_check
     from ablate.errors import LaunchError
     from ablate.launch import make_launcher
-    from ablate.launch.orchestrate import data_root_for, describe, plan_runs, run_study
+    from ablate.launch.orchestrate import LAUNCHED, data_root_for, describe, plan_runs, run_study
 
     spec, profile = _study_and_profile(study, profile)
     overridden = parse_sets(sets)
@@ -420,14 +474,26 @@ def run(
         tracking.require(LaunchError)
         overrides = tracking.overrides_for(spec)  # a W&B backend in each config.py; workers log
     console = _console()
+    weights_command = f"ablate weights {study} --profile {profile}"
+
+    def preflight(decisions) -> None:
+        """Before any launch: every pretrained checkpoint the runs load is cached or reachable."""
+        from ablate.weights import require
+
+        for checkpoint in require([d.cfg for d in decisions], weights_command):
+            console.print(f"[yellow]note:[/] {checkpoint.name} is not cached: each run downloads it from "
+                          f"{checkpoint.url} (nodes without internet: `{weights_command} --download` first)")
+
     if dry_run:
-        _print_plan(console, plan_runs(spec, runs, root, restart, overrides, overridden, steal_locks), backend,
-                    root)
+        planned = plan_runs(spec, runs, root, restart, overrides, overridden, steal_locks,
+                            processes=backend.processes_per_run)
+        preflight([p for p in planned if p.action in LAUNCHED])
+        _print_plan(console, planned, backend, root)
         return
     with _stopped_by_signals() as stopped:
         try:
             outcomes = run_study(spec, runs, backend, root, restart=restart, detach=detach, overrides=overrides,
-                                 console=console, steal_locks=steal_locks, sets=overridden)
+                                 console=console, steal_locks=steal_locks, sets=overridden, preflight=preflight)
         except KeyboardInterrupt:
             _report_stop(stopped.signal or signal.SIGINT, runs, study, profile)
     for outcome in outcomes:
@@ -505,7 +571,9 @@ def _print_plan(console, planned, backend, root) -> None:
     for p in planned:
         table.add_row(p.run.key, p.action, p.note, p.key)
     console.print(table)
-    console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run; data {root}")
+    total = planned[0].cfg.ablate.total_batch if planned else None
+    batch = f", total batch {total} ({total // backend.processes_per_run} per process)" if total else ""
+    console.print(f"launcher {backend.name}, {backend.processes_per_run} process(es) per run{batch}; data {root}")
 
 
 @app.command()
@@ -542,6 +610,55 @@ def status(
 
 def _pct(value) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+@app.command()
+@user_errors
+def weights(
+    study: str = typer.Argument(..., help="Study name or path."),
+    profile: Optional[str] = ProfileOpt,
+    download: bool = typer.Option(False, "--download", help="Download the checkpoints that are not cached yet."),
+) -> None:
+    """List the pretrained checkpoints a profile's runs load, where mmengine caches each, and whether it is there.
+
+    Runs download them when they start; a compute node without internet needs them in the cache
+    first: run this with --download where there is internet (the cache is torch.hub's,
+    $TORCH_HOME/hub/checkpoints), or copy each file to the path shown.
+    """
+    from rich.markup import escape
+
+    from ablate import configs as cfgs
+    from ablate import weights as w
+
+    spec, profile = _study_and_profile(study, profile)
+    console = _console()
+    found = w.checkpoints(cfgs.resolve(spec, run) for run in spec.runs(profile))
+    if not found:
+        console.print(f"the runs of `{spec.name}` (profile `{profile}`) load no pretrained checkpoint")
+        return
+    for checkpoint in found:
+        if checkpoint.cached:
+            state = f"[green]cached[/] ({checkpoint.path.stat().st_size / 1e6:.1f} MB)"
+        elif download:
+            _download(console, checkpoint)
+            state = f"[green]downloaded[/] ({checkpoint.path.stat().st_size / 1e6:.1f} MB)"
+        else:
+            reason = w.probe(checkpoint.url)
+            state = ("[yellow]missing[/], reachable: --download fetches it" if reason is None
+                     else f"[red]missing[/], unreachable from here ({escape(reason)})")
+        console.print(f"{checkpoint.key}\n  url   {checkpoint.url}\n  file  {checkpoint.path}\n  {state}")
+
+
+def _download(console, checkpoint) -> None:
+    """Download one checkpoint with a progress bar (on a terminal) that goes away when done."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ablate.weights import download
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(f"downloading {checkpoint.name}", total=None)
+        download(checkpoint, lambda done, total: bar.update(task, completed=done, total=total))
 
 
 @data_app.command("synth")

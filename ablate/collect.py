@@ -67,7 +67,9 @@ def _expected_key(study: Study):
     def key(run, info: RunInfo | None) -> str | None:
         if info is None or info.data_root is None:
             return None  # the data root it trained on is unknown, so is the config it should have
-        return configs.run_key(configs.resolve(study, run, data_root=info.data_root, sets=info.sets))
+        # its processes shared the total batch: the config it should have is the one for as many
+        return configs.run_key(configs.resolve(study, run, data_root=info.data_root, sets=info.sets,
+                                               processes=info.world_size))
 
     return key
 

@@ -16,13 +16,22 @@ where it is not needed:
   :func:`trust_checkpoints_under` names directories whose checkpoints this tool wrote; only files
   under them are loaded with ``weights_only=False``. Every other file keeps torch's safe default.
 * **CPU DDP.** :func:`cpu_ddp_overrides` gives the config keys that make mmengine's distributed
-  training work without CUDA: the gloo backend, ``device_ids=None`` and plain BatchNorm.
+  training work without CUDA: the gloo backend and ``device_ids=None``.
+* **SyncBN on CPUs.** A run over K > 1 processes trains with SyncBN (:func:`ablate.configs.split_batch`).
+  torch's ``SyncBatchNorm`` refuses CPU tensors (its kernels are CUDA's) and DDP refuses to wrap a
+  CPU module that has one, so K CPU processes under gloo would fail at the first iteration.
+  :func:`_patch_sync_batchnorm` takes over exactly those two refusals: in training, on CPU
+  tensors, with a process group of more than one process, the batch statistics are summed over
+  the processes with an all-reduce that autograd differentiates (as torch's CUDA kernel does), so
+  K processes normalise over the same images as one process with the whole batch. GPU tensors and
+  single processes go through torch's code unchanged.
 * **Data files named.** :func:`name_data_files` (the worker calls it after importing mmseg) makes
   a label map or image that cannot be loaded fail with its path: mmseg's ``LoadAnnotations``
   otherwise fails with ``'NoneType' object has no attribute 'squeeze'`` at iteration N.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -68,6 +77,7 @@ def apply() -> None:
         # mmcv.cnn tries the compiled deformable attention once and warns; it is expected here.
         warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformableAttention``")
     _patch_torch_load()
+    _patch_sync_batchnorm()
 
 
 def _point_sample(input, points, align_corners=False, **kwargs):
@@ -175,8 +185,89 @@ def name_data_files() -> None:
         setattr(cls, method, load)
 
 
+def _patch_sync_batchnorm() -> None:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    sync_bn = torch.nn.SyncBatchNorm
+    if getattr(sync_bn.forward, "_ablate_patched", False):
+        return
+    original_forward = sync_bn.forward
+    # torch's private hook that refuses SyncBatchNorm in CPU modules (torch 1.x to 2.13 at least)
+    original_handle = getattr(DistributedDataParallel, "_passing_sync_batchnorm_handle", None)
+
+    def forward(self, input):
+        if (input.device.type == "cpu" and self.training and torch.distributed.is_available()
+                and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size(self.process_group) > 1):
+            return _cpu_sync_batch_norm(self, input)
+        return original_forward(self, input)
+
+    def passing_sync_batchnorm_handle(self, module):
+        if self.device_type != "cpu":  # on CPUs torch only raises here, and forward above copes
+            original_handle(self, module)
+
+    forward._ablate_patched = True
+    sync_bn.forward = forward
+    if original_handle is not None:
+        DistributedDataParallel._passing_sync_batchnorm_handle = passing_sync_batchnorm_handle
+
+
+def _cpu_sync_batch_norm(bn, x):
+    """``bn(x)`` in training with the batch statistics of every process of ``bn.process_group``.
+
+    Two all-reduces: the sums and counts give the mean, then the squared deviations give the
+    (biased) variance, as sound numerically as one process's BatchNorm over the whole batch.
+    Running statistics get the unbiased variance, as torch's SyncBatchNorm does. Autograd goes
+    through both all-reduces, whose gradient is the sum of every process's gradient.
+    """
+    import torch
+
+    group = bn.process_group or torch.distributed.group.WORLD
+    all_reduce = _all_reduce_sum().apply
+    dims = [0, *range(2, x.dim())]
+    shape = [1, x.size(1)] + [1] * (x.dim() - 2)
+    sums = all_reduce(torch.cat([x.sum(dims), x.new_tensor([x.numel() / x.size(1)])]), group)
+    count = sums[-1].detach()
+    mean = sums[:-1] / count
+    var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims), group) / count
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.detach(), factor)
+            bn.running_var.lerp_(var.detach() * count / max(float(count) - 1, 1.0), factor)
+    y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    return y * bn.weight.view(shape) + bn.bias.view(shape) if bn.affine else y
+
+
+@functools.cache
+def _all_reduce_sum():
+    """An autograd Function: the sum over the processes; its gradient, the sum of their gradients.
+
+    (torch's own, ``torch.distributed.nn.functional.all_reduce``, is deprecated and warns.)
+    """
+    import torch
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, tensor, group):
+            ctx.group = group
+            tensor = tensor.clone()
+            torch.distributed.all_reduce(tensor, group=group)
+            return tensor
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad = grad.clone()
+            torch.distributed.all_reduce(grad, group=ctx.group)
+            return grad, None
+
+    return AllReduceSum
+
+
 def cpu_ddp_overrides() -> dict:
-    """Config keys that make mmengine's DDP run on CPU processes (gloo, no device ids, plain BN)."""
+    """Config keys that make mmengine's DDP run on CPU processes (gloo, no device ids)."""
     return {
         "env_cfg.dist_cfg": {"backend": "gloo"},
         "model_wrapper_cfg": {"type": "MMDistributedDataParallel", "device_ids": None},

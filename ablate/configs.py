@@ -1,15 +1,22 @@
 """Variant configs: a study's (variant, profile, seed) resolved into an mmengine ``Config``.
 
 Reads the study's base config and writes, on request, one ``config.py`` per run. The order of
-overrides is base -> profile -> variant -> ``--set`` -> run (seed, work_dir, data root), so a
-profile changes only the keys it names and a variant only its switches. Every override key must
-exist in the base config; a key prefixed with ``+`` may add a new one. Unknown keys are reported
-with the closest existing key, the study file and its line (``--set`` ones with the flag).
+overrides is base -> profile -> variant -> ``--set`` -> run (seed, work_dir, data root, processes),
+so a profile changes only the keys it names and a variant only its switches. Every override key
+must exist in the base config; a key prefixed with ``+`` may add a new one. Unknown keys are
+reported with the closest existing key, the study file and its line (``--set`` ones with the flag).
 
 ``--set KEY=VALUE`` (:func:`parse_sets`) overrides one invocation of ``ablate run``/``configs``/
 ``plan``: the value is read as YAML, as in a study file. It is part of the run's config and run
 key; ``run.json`` records it (``RunInfo.sets``) so that status and report resolve the config the
 run trained with.
+
+The total batch (images per training iteration) is a property of the study, not of the launch:
+the study's configs are written for one process, as mmseg's ``1xb16`` configs are, so it is
+``train_dataloader.batch_size`` after the profile, variant and ``--set`` overrides (the study's
+``resources.total_batch``, when it states one, replaces the base config's value first). A run over
+K processes gets total/K images per process and SyncBN in place of BatchNorm (:func:`split_batch`):
+the one place where the resolved config depends on K.
 
 mmengine is imported here but torch and mmseg are not: custom imports (``freqfusion``) are left to
 the process that builds the model, so that resolving configs stays fast.
@@ -57,7 +64,7 @@ _BASE_CACHE: dict = {}
 
 
 def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None,
-            sets: dict[str, Any] | None = None):
+            sets: dict[str, Any] | None = None, processes: int = 1):
     """The full config of one run.
 
     Args:
@@ -65,17 +72,28 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None,
         run: one of ``study.runs(...)``; its variant, profile, seed and work_dir are applied.
         data_root: dataset root for every dataloader; None keeps the base config's.
         sets: ``--set`` overrides (:func:`parse_sets`), applied after the variant's.
+        processes: processes that train the run together (``--gpus-per-run``); each gets its
+            share of the total batch (:func:`split_batch`).
 
     Returns:
-        An ``mmengine.Config`` with an extra top-level ``ablate`` dict naming the run.
+        An ``mmengine.Config`` with an extra top-level ``ablate`` dict naming the run, its
+        processes and its total batch.
+
+    Raises:
+        ConfigError: an override that does not fit the base config, or ``processes`` that do
+            not divide the total batch.
     """
     cfg = load_base(study)
     profile = study.profile(run.profile)
     variant = study.variant(run.variant)
+    stated = study.resources.get("total_batch")
+    if stated is not None:
+        cfg.train_dataloader.batch_size = _stated_total(study, stated)
     apply_overrides(cfg, profile.overrides, study, f"profiles.{profile.name}.overrides")
     apply_overrides(cfg, variant.overrides, study, f"variants.{variant.name}.overrides")
     if sets:
         apply_sets(cfg, sets)
+    total = split_batch(cfg, processes, f"{study.path.name}: profile `{profile.name}`")
     cfg.work_dir = str(run.work_dir)
     cfg.randomness = dict(seed=run.seed, deterministic=False)
     if data_root is not None:
@@ -90,6 +108,8 @@ def resolve(study: Study, run: Run, data_root: str | os.PathLike | None = None,
         work_root=str(run.root.path),
         overrides=dict(variant.overrides),
         **({"sets": dict(sets)} if sets else {}),
+        processes=processes,
+        total_batch=total,
     )
     return cfg
 
@@ -119,6 +139,59 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 def apply_sets(cfg, sets: dict[str, Any]) -> None:
     """Set ``--set`` keys as :func:`apply_overrides` sets a study's; ConfigError names the flag."""
     _apply(cfg, sets, lambda dotted: f"--set {dotted}")
+
+
+# BatchNorm types of mmcv's norm registry whose statistics depend on the images of one process.
+_BATCH_NORMS = ("BN", "BN1d", "BN2d", "BN3d")
+
+
+def split_batch(cfg, processes: int, where: str) -> int | None:
+    """Give each of ``processes`` its share of the total batch; returns the total (None: no batch).
+
+    ``cfg`` holds the total as ``train_dataloader.batch_size`` (one process). With K > 1 each
+    process loads total/K images and every BatchNorm of the model becomes mmseg's SyncBN, so that
+    K processes normalise over the same images one process would. Norms that do not depend on the
+    batch (GroupNorm, as in the Hamburger head; LayerNorm) stay as they are.
+
+    Args:
+        cfg: a config resolved for one process; changed in place.
+        processes: K, at least 1.
+        where: names the study and profile in the error.
+
+    Raises:
+        ConfigError: K does not divide the total batch, or there is none to divide.
+    """
+    if "batch_size" not in (cfg.get("train_dataloader") or {}):
+        if processes > 1:
+            raise ConfigError(f"{where}: no `train_dataloader.batch_size` to split over {processes} processes per run")
+        return None
+    total = int(cfg.train_dataloader.batch_size)
+    if processes < 1 or total % processes:
+        divisors = [str(k) for k in range(1, total + 1) if total % k == 0]
+        raise ConfigError(f"{where}: a total batch of {total} images cannot be split over {processes} processes "
+                          f"per run; --gpus-per-run must divide it ({', '.join(divisors)})")
+    if processes > 1:
+        cfg.train_dataloader.batch_size = total // processes
+        _sync_norms(cfg.model)
+    return total
+
+
+def _sync_norms(node) -> None:
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            _sync_norms(item)
+    elif hasattr(node, "keys"):
+        if node.get("type") in _BATCH_NORMS:
+            node["type"] = "SyncBN"
+        for value in node.values():
+            _sync_norms(value)
+
+
+def _stated_total(study: Study, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        location = study.locations.get("resources.total_batch", study.path.name)
+        raise ConfigError(f"{location}: `resources.total_batch` must be a positive number of images, not {value!r}")
+    return value
 
 
 def apply_overrides(cfg, overrides: dict[str, Any], study: Study, where: str) -> None:

@@ -1,11 +1,16 @@
 """Compute plans: what a profile of a study will run and roughly what it will cost.
 
-Reads the study, each run's resolved config (for ``train_cfg.max_iters``) and each run's state
-(:func:`ablate.runs.read_state`: finished runs measured their seconds per iteration). Writes nothing.
+Reads the study, each run's resolved config (``train_cfg.max_iters`` and ``val_interval``, the
+batch), each run's state (:func:`ablate.runs.read_state`: finished runs measured their seconds per
+iteration) and the profile's ``timings.json`` (:mod:`ablate.timings`, written by
+``ablate plan --measure``). Writes nothing itself.
 
-Seconds per iteration come from, in order: the ``--sec-per-iter`` flag, the mean over finished
-runs of this profile (``train_time_s / iterations``), the profile's ``sec_per_iter`` in the study
-file. Without any of them the cost is shown as unknown rather than guessed.
+Seconds per training iteration of a variant come from, in order: the ``--sec-per-iter`` flag, the
+variant's timing in ``timings.json`` (unless its config changed since it was timed), the mean over
+finished runs of this profile (``train_time_s / iterations``), the profile's ``sec_per_iter`` in the
+study file. Without any of them the cost is shown as unknown rather than guessed. Evaluation costs
+come from ``timings.json`` only: evaluations in the schedule x validation images x seconds per
+image; without a timing the plan says that evaluation is left out.
 
 ``--power`` (:func:`power_plan`) adds, for each difference the study cares about (its effects and
 its claims' comparisons, else each variant against the baseline), the seeds per variant needed to
@@ -14,6 +19,10 @@ find the paper's value of it (or ``--detect``) with a 95 % interval at power 0.8
 order: ``--seed-std``; this profile's finished runs, with 2 or more seeds of every variant (the
 residual std of :class:`ablate.effects.Fit`); the study file (the profile's ``seed_std``, else the
 study's); another profile's finished runs (said so: another schedule has other noise).
+
+Device time: a run over K processes holds K devices for ``max_iters`` x seconds per iteration
+(each process's pace at total/K images); an evaluation shards the validation images over the K
+devices, so it costs images x seconds per image of device time whatever K is.
 """
 from __future__ import annotations
 
@@ -23,15 +32,27 @@ from ablate import configs
 from ablate.contrasts import Contrast, comparison_contrast, factorial_terms
 from ablate.runs import Run, RunStatus, read_state
 from ablate.study import Study
+from ablate.timings import Timings, cost_key, read_timings
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast one variant trains and evaluates, and where the figures come from."""
+
+    sec_per_iter: float | None
+    source: str  # "flag", "timings.json", "measured (n runs)", "study file" or "unknown"
+    eval_sec_per_image: float | None = None  # timings.json only
 
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """One run of a plan: its schedule and whether it is done already."""
+    """One run of a plan: its schedule, its pace and whether it is done already."""
 
     run: Run
     max_iters: int
+    evaluations: int
     done: bool
+    pace: Pace
 
 
 @dataclass(frozen=True)
@@ -39,9 +60,10 @@ class Plan:
     study: Study
     profile: str
     runs: list[RunEstimate]
-    sec_per_iter: float | None
-    sec_per_iter_source: str  # "flag", "measured (n runs)", "study file" or "unknown"
-    gpus_per_run: int
+    processes: int  # per run
+    total_batch: int  # images per iteration over the processes of a run
+    timings: Timings | None  # the profile's timings.json, if any
+    stale: list[str]  # variants whose timing is of another config than the one resolved now
 
     @property
     def total_iters(self) -> int:
@@ -51,40 +73,91 @@ class Plan:
     def remaining_iters(self) -> int:
         return sum(r.max_iters for r in self.runs if not r.done)
 
-    def hours(self, iters: int) -> float | None:
-        """Device-hours for ``iters`` iterations (each run holds ``gpus_per_run`` devices)."""
-        if self.sec_per_iter is None:
+    def train_hours(self, item: RunEstimate) -> float | None:
+        """Device-hours of one run's training (it holds ``processes`` devices)."""
+        if item.pace.sec_per_iter is None:
             return None
-        return iters * self.sec_per_iter * self.gpus_per_run / 3600
+        return item.max_iters * item.pace.sec_per_iter * self.processes / 3600
+
+    def eval_hours(self, item: RunEstimate) -> float | None:
+        """Device-hours of one run's evaluations; None when they were not timed."""
+        images = self.timings.val_images if self.timings else None
+        if item.pace.eval_sec_per_image is None or not images:
+            return None
+        return item.evaluations * images * item.pace.eval_sec_per_image / 3600
+
+    def hours(self, remaining: bool = False) -> tuple[float | None, float | None]:
+        """(training, evaluation) device-hours of every run, or of those not done; None: unknown."""
+        items = [r for r in self.runs if not (remaining and r.done)]
+        train = [self.train_hours(r) for r in items]
+        evals = [self.eval_hours(r) for r in items]
+        return (None if None in train else sum(train)), (None if None in evals else sum(evals))
 
 
-def plan_study(study: Study, profile: str, sec_per_iter: float | None = None, sets: dict | None = None) -> Plan:
+def plan_study(study: Study, profile: str, sec_per_iter: float | None = None,
+               processes: int | None = None, sets: dict | None = None) -> Plan:
     """Resolve every run of ``profile`` and estimate its cost.
 
     Args:
         study: the loaded study.
         profile: profile name.
-        sec_per_iter: seconds per iteration to assume; None picks measured or the study's value.
+        sec_per_iter: seconds per iteration to assume for every variant; None: timed, measured
+            or the study's value (the module doc gives the order).
+        processes: processes per run; None: the study's ``resources.gpus_per_run`` (else 1).
         sets: ``--set`` overrides (:func:`ablate.configs.parse_sets`), e.g. another ``train_cfg.max_iters``.
     """
-    planned, measured = [], []
+    processes = processes or int(study.resources.get("gpus_per_run") or 1)
+    timings = read_timings(study, profile)
+    resolved, finished = [], []
     for run in study.runs(profile):
-        cfg = configs.resolve(study, run, sets=sets)
+        cfg = configs.resolve(study, run, sets=sets, processes=processes)
         state = read_state(run)
         done = state.status is RunStatus.DONE
         if done and state.result.train_time_s and state.result.iterations:
-            measured.append(state.result.train_time_s / state.result.iterations)
-        planned.append(RunEstimate(run, int(cfg.train_cfg.max_iters), done))
-    if sec_per_iter is not None:
-        source = "flag"
-    elif measured:
-        sec_per_iter, source = sum(measured) / len(measured), f"measured ({len(measured)} runs)"
-    elif study.profile(profile).sec_per_iter is not None:
-        sec_per_iter, source = study.profile(profile).sec_per_iter, "study file"
-    else:
-        source = "unknown"
-    gpus = int(study.resources.get("gpus_per_run", 1) or 1)
-    return Plan(study, profile, planned, sec_per_iter, source, gpus)
+            finished.append(state.result.train_time_s / state.result.iterations)
+        resolved.append((run, cfg, done))
+    paces, stale = {}, []
+    for run, cfg, _ in resolved:
+        if run.variant in paces:
+            continue
+        timing = timings.variants.get(run.variant) if timings else None
+        if timing is not None and timing.config_key != cost_key(cfg):
+            stale.append(run.variant)
+            timing = None
+        paces[run.variant] = _pace(study, profile, sec_per_iter, timing, finished)
+    planned = [RunEstimate(run, int(cfg.train_cfg.max_iters), evaluations(cfg), done, paces[run.variant])
+               for run, cfg, done in resolved]
+    return Plan(study, profile, planned, processes, int(resolved[0][1].ablate.total_batch), timings, stale)
+
+
+def _pace(study: Study, profile: str, flag: float | None, timing, finished: list[float]) -> Pace:
+    eval_pace = timing.eval_sec_per_image if timing else None
+    if flag is not None:
+        return Pace(flag, "flag", eval_pace)
+    if timing is not None:
+        return Pace(timing.sec_per_iter, "timings.json", eval_pace)
+    if finished:
+        return Pace(sum(finished) / len(finished), f"measured ({len(finished)} runs)")
+    if study.profile(profile).sec_per_iter is not None:
+        return Pace(study.profile(profile).sec_per_iter, "study file")
+    return Pace(None, "unknown")
+
+
+def evaluations(cfg) -> int:
+    """How often mmengine's ``IterBasedTrainLoop`` evaluates in ``cfg``'s schedule.
+
+    It evaluates after iteration i when i >= ``val_begin`` and i is a multiple of
+    ``val_interval`` or the last one; without a validation loop, never.
+    """
+    train_cfg = cfg.get("train_cfg") or {}
+    if not (cfg.get("val_dataloader") and cfg.get("val_cfg")):
+        return 0
+    max_iters = int(train_cfg.get("max_iters", 0))
+    interval, begin = int(train_cfg.get("val_interval", 1000)), int(train_cfg.get("val_begin", 1))
+    if max_iters < begin:
+        return 0
+    multiples = max_iters // interval - (begin - 1) // interval
+    return multiples + (max_iters % interval != 0)
 
 
 @dataclass(frozen=True)
@@ -105,9 +178,13 @@ class PowerPlan:
     rows: list[PowerRow]
 
     def seed_hours(self) -> float | None:
-        """Device-hours of one seed of every variant (the plan's runs of its first seed)."""
+        """Device-hours of one seed of every variant (the plan's runs of its first seed), evaluation
+        included where it was timed; None when a variant's pace is unknown."""
         first = min(r.run.seed for r in self.plan.runs)
-        return self.plan.hours(sum(r.max_iters for r in self.plan.runs if r.run.seed == first))
+        hours = [(self.plan.train_hours(r), self.plan.eval_hours(r)) for r in self.plan.runs if r.run.seed == first]
+        if any(train is None for train, _ in hours):
+            return None
+        return sum(train + (evals or 0) for train, evals in hours)
 
 
 def power_plan(plan: Plan, seed_std: float | None = None, detect: float | None = None,
@@ -209,30 +286,61 @@ def render_power(console, power: PowerPlan) -> None:
         console.print("no seed std: finish 2+ seeds of every variant, state `seed_std` in the study file, or "
                       "pass --seed-std")
     if per_seed is None:
-        console.print("device time unknown: pass --sec-per-iter or finish one run")
+        console.print("device time unknown: pass --sec-per-iter, --measure or finish one run")
     else:
         console.print(f"one seed of every variant: {_duration(per_seed)} device time")
 
 
 def render_plan(console, plan: Plan) -> None:
-    """Print the plan as a table and a one-line cost summary."""
+    """Print the runs, each variant's pace and a cost summary that says what it includes."""
     from rich.table import Table
 
-    table = Table("run", "iterations", "state", "estimate", box=None)
+    table = Table("run", "iterations", "evaluations", "state", "estimate", box=None)
     for item in plan.runs:
-        hours = plan.hours(item.max_iters)
-        table.add_row(item.run.key, f"{item.max_iters:,}", "done" if item.done else "to run",
-                      _duration(hours) if hours is not None else "?")
+        train, evals = plan.train_hours(item), plan.eval_hours(item)
+        estimate = "?" if train is None else _duration(train + (evals or 0))
+        table.add_row(item.run.key, f"{item.max_iters:,}", str(item.evaluations),
+                      "done" if item.done else "to run", estimate)
     console.print(table)
-    total, remaining = plan.hours(plan.total_iters), plan.hours(plan.remaining_iters)
-    pace = (f"{plan.sec_per_iter:.3g} s/iter ({plan.sec_per_iter_source})" if plan.sec_per_iter
-            else "unknown s/iter: pass --sec-per-iter or finish one run")
-    console.print(
-        f"{len(plan.runs)} runs, {plan.total_iters:,} iterations ({plan.remaining_iters:,} left) at {pace}; "
-        f"{plan.gpus_per_run} device(s) per run"
-    )
-    if total is not None:
-        console.print(f"estimated compute: {_duration(total)} device time in all, {_duration(remaining)} left")
+    paces = {item.run.variant: item.pace for item in plan.runs}
+    table = Table("variant", "s/iter", "eval s/image", "source", box=None)
+    for variant, pace in paces.items():
+        table.add_row(variant, _num(pace.sec_per_iter), _num(pace.eval_sec_per_image), pace.source)
+    console.print(table)
+    if plan.timings is not None:
+        console.print(f"timings.json: {plan.timings.device}, measured {plan.timings.measured_at}; "
+                      f"{plan.timings.val_images or '?'} validation images")
+    again = (f"`ablate plan {plan.study.name} -p {plan.profile} --gpus-per-run {plan.processes} --measure` "
+             "times it again")
+    if plan.timings is not None and plan.timings.processes != plan.processes:
+        console.print(f"[yellow]timings.json timed {plan.timings.processes} process(es) per run, not "
+                      f"{plan.processes}[/]; {again}")
+    else:
+        for variant in plan.stale:
+            console.print(f"[yellow]timings.json timed `{variant}` with another config[/]; {again}")
+    shared = {(p.sec_per_iter, p.source) for p in paces.values()}
+    if len(shared) > 1:
+        pace = "each variant's s/iter"
+    else:
+        value, source = shared.pop()
+        pace = (f"{value:.3g} s/iter ({source})" if value is not None
+                else "unknown s/iter: pass --sec-per-iter, --measure or finish one run")
+    console.print(f"{len(plan.runs)} runs, {plan.total_iters:,} iterations ({plan.remaining_iters:,} left) at "
+                  f"{pace}; {plan.processes} process(es) per run, total batch {plan.total_batch} "
+                  f"({plan.total_batch // plan.processes} per process)")
+    (train, evals), (train_left, evals_left) = plan.hours(), plan.hours(remaining=True)
+    if train is None:
+        return
+    if evals is None:
+        console.print(f"estimated compute: {_duration(train)} device time in all, {_duration(train_left)} left; "
+                      "training only, evaluation not timed (`--measure` times it)")
+        return
+    console.print(f"estimated compute: {_duration(train + evals)} device time in all (training "
+                  f"{_duration(train)}, evaluation {_duration(evals)}), {_duration(train_left + evals_left)} left")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _duration(hours: float) -> str:

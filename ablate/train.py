@@ -344,6 +344,7 @@ class ProgressHook(Hook):
             train_time_s=round(self.base_train + self.train_time, 2),
             resumed_from=self.start_iter or None, attempts=read_attempts(self.work_dir),
             finished_at=folder.now(), chance_miou=self.chance_miou, world_size=runner.world_size,
+            total_batch=runner.world_size * int(runner.cfg.train_dataloader.batch_size),
         )
 
     def _write(self, iteration: int, force: bool = False) -> None:

@@ -32,7 +32,8 @@ def test_help_imports_neither_torch_nor_mmseg():
     assert out.strip() == "[]"
 
 
-def test_studies_and_show():
+def test_studies_and_show(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # the profiles table is wide: no cell cut short
     code, out = invoke("studies")
     assert code == 0 and "table2" in out
     code, out = invoke("show", "table2")

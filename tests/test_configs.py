@@ -50,7 +50,8 @@ def test_run_fields_are_applied(table2, tmp_path):
     assert cfg.train_dataloader.dataset.data_root == str(tmp_path / "data")
     assert cfg.val_dataloader.dataset.data_root == str(tmp_path / "data")
     assert cfg.ablate == {"study": "table2", "profile": "smoke", "variant": "dwt", "seed": 3,
-                          "work_root": str(tmp_path), "overrides": {"model.decode_head.use_dwt": True}}
+                          "work_root": str(tmp_path), "overrides": {"model.decode_head.use_dwt": True},
+                          "processes": 1, "total_batch": 8}
 
 
 def test_dumped_config_round_trips_through_mmengine(table2, tmp_path):

@@ -317,7 +317,8 @@ def test_released_rows_sit_beside_our_trained_mean_and_the_paper():
     assert md.index("**Released weights**") < md.index("**Conventions**")
     tex = report.render_latex(res)
     assert "\\textbf{Released weights.}" in tex and "baseline\\_0x.pth & 0.x & 43.10 & +3.10 & 43.52 & -0.42" in tex
-    assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 2
+    # variants, released weights, and table2's effects and claims
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 4
     assert [r["miou_vs_trained"] for r in json.loads(report.render_json(res))["released_weights"]] == \
         pytest.approx([3.1, 2.9, 3.0])
 

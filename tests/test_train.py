@@ -50,6 +50,7 @@ def test_a_run_trains_evaluates_and_writes_its_result_last(prepared, tiny_data):
     assert result["chance_miou"] == json.loads((tiny_data / "synthetic_ade20k" / "ablate_synthetic.json")
                                                .read_text())["chance_miou"]
     assert 0 < result["train_time_s"] <= result["wall_time_s"]
+    assert (result["world_size"], result["total_batch"]) == (1, 2)
     progress = json.loads((work_dir / "progress.json").read_text())
     assert (progress["iteration"], progress["max_iters"]) == (4, 4) and progress["loss"] > 0
     written_before = [work_dir / "progress.json", *work_dir.glob("iter_*.pth")]

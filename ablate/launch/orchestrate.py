@@ -97,7 +97,7 @@ def data_root_for(study: Study, profile: str, data_root: str | os.PathLike | Non
 
 def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool = False,
               overrides: Overrides = None, sets: dict[str, Any] | None = None,
-              steal_locks: bool = False) -> list[RunDecision]:
+              steal_locks: bool = False, processes: int = 1) -> list[RunDecision]:
     """Resolve each run's config and decide what to do with it (the rules in the module doc).
 
     Args:
@@ -109,10 +109,12 @@ def plan_runs(study: Study, runs: Sequence[Run], data_root: Path, restart: bool 
             (``--wandb``: :func:`ablate.tracking.overrides_for` adds a vis backend).
         sets: ``--set`` overrides (:func:`ablate.configs.parse_sets`): part of the config and its run key.
         steal_locks: whether runs whose lock looks held are launched all the same.
+        processes: processes per run (the launcher's ``processes_per_run``); each trains on its
+            share of the total batch (:func:`ablate.configs.resolve`).
     """
     decisions = []
     for run in runs:
-        cfg = configs.resolve(study, run, data_root=data_root, sets=sets)
+        cfg = configs.resolve(study, run, data_root=data_root, sets=sets, processes=processes)
         if overrides:
             cfg.merge_from_dict(dict(overrides(run, cfg) if callable(overrides) else overrides))
         decisions.append(dataclasses.replace(decide(run, cfg, restart, steal_locks), sets=dict(sets or {})))
@@ -190,6 +192,7 @@ def run_study(
     console=None,
     steal_locks: bool = False,
     sets: dict[str, Any] | None = None,
+    preflight: Callable[[list[RunDecision]], None] | None = None,
 ) -> list[RunOutcome]:
     """Train and evaluate every run that is not done yet; one outcome per run, in ``runs`` order.
 
@@ -205,6 +208,8 @@ def run_study(
         sets: ``--set`` overrides for every run (see :func:`plan_runs`), recorded in each run.json.
         steal_locks: take over the runs' locks even from holders that look alive (a lock of a
             process on another host whose heartbeat is not yet 10 minutes old, say).
+        preflight: called with the runs about to launch before any is locked or written; raises
+            to stop them all (``ablate run``: their pretrained checkpoints, :func:`ablate.weights.require`).
 
     A run whose folder cannot be written (read-only, disk full) becomes a failed outcome and the
     others go on. Any exception, Ctrl-C and the CLI's SIGTERM/SIGHUP included, stops the runs
@@ -216,10 +221,13 @@ def run_study(
     """
     if detach and not launcher.can_detach:
         raise LaunchError(f"--detach needs a launcher whose jobs outlive `ablate run` (slurm), not `{launcher.name}`")
-    decisions = plan_runs(study, runs, data_root, restart, overrides, sets, steal_locks)
+    decisions = plan_runs(study, runs, data_root, restart, overrides, sets, steal_locks,
+                          processes=launcher.processes_per_run)
     conflicts = [d for d in decisions if d.action == "conflict"]
     if conflicts:
         raise LaunchError(conflict_message(conflicts))
+    if preflight is not None:
+        preflight([d for d in decisions if d.action in LAUNCHED])
     outcomes: dict[Run, RunOutcome] = {}
     attached: list[RunHandle] = []
     for d in decisions:
@@ -283,7 +291,8 @@ def _prepare(decisions: Sequence[RunDecision], launcher: Launcher, data_root: Pa
             digest = configs.dump(d.cfg, d.run.work_dir / folder.CONFIG)
             RunInfo(config_hash=digest, run_key=d.key, started_at=folder.now(), launcher=launcher.name,
                     host=socket.gethostname(), world_size=launcher.processes_per_run, lock_token=lock.token,
-                    data_root=str(data_root), sets=d.sets or None, **launcher.run_info()).write(d.run.work_dir)
+                    data_root=str(data_root), sets=d.sets or None, total_batch=d.cfg.ablate.total_batch,
+                    **launcher.run_info()).write(d.run.work_dir)
         except LockHeld as exc:
             outcomes[d.run] = RunOutcome(d.run, "skipped", note=f"running: {exc}")
             continue

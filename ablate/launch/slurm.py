@@ -66,6 +66,8 @@ class SlurmOptions:
         problems = []
         for section, allowed in (("resources", generic), ("slurm", names)):
             for key, value in (getattr(study, section) or {}).items():
+                if section == "resources" and key == "total_batch":  # the config's, not the job's
+                    continue
                 if key not in allowed:
                     problems.append(f"{study.path.name}: `{section}.{key}` is not a Slurm option"
                                     + did_you_mean(key, sorted(allowed)))

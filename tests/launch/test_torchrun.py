@@ -61,6 +61,10 @@ def test_torchrun_with_two_cpu_processes_completes_a_table2_smoke_run(tmp_path):
     info = json.loads((work_dir / "run.json").read_text())
     log = (work_dir / "worker.log").read_text()
     assert info["launcher"] == "torchrun" and info["world_size"] == 2
+    # the profile's total batch of 8, split: 4 images per process, BatchNorm synchronised over gloo
+    config = (work_dir / "config.py").read_text()
+    assert "batch_size=4," in config and "type='SyncBN'" in config
+    assert info["total_batch"] == result["total_batch"] == 8 and result["world_size"] == 2
     assert "Distributed training: True" in log and "backend='gloo'" in log
     assert result["iterations"] == result["max_iters"] >= 40
     assert result["miou_best"] > result["chance_miou"]
