@@ -477,8 +477,12 @@ def run(
     weights_command = f"ablate weights {study} --profile {profile}"
 
     def preflight(decisions) -> None:
-        """Before any launch: every pretrained checkpoint the runs load is cached or reachable."""
+        """Before any launch: a device for mixed precision, and every pretrained checkpoint the runs
+        load cached or reachable."""
         from ablate.weights import require
+
+        if backend.on_this_machine:
+            _check_amp_device([d.cfg for d in decisions], profile)
 
         for checkpoint in require([d.cfg for d in decisions], weights_command):
             console.print(f"[yellow]note:[/] {checkpoint.name} is not cached: each run downloads it from "
@@ -506,6 +510,21 @@ def run(
         _console(stderr=True).print(f"[bold red]error:[/] {len(failed)} of {len(outcomes)} runs failed; "
                                     f"`ablate status {study} --profile {profile}` shows why")
         raise typer.Exit(1)
+
+
+def _check_amp_device(cfgs, profile: str) -> None:
+    """mmengine's AmpOptimWrapper (fp16/bf16 training) refuses a machine without CUDA: say so now,
+    in one line, rather than in every run's failed.json."""
+    from ablate.errors import LaunchError
+
+    if not any((cfg.get("optim_wrapper") or {}).get("type") == "AmpOptimWrapper" for cfg in cfgs):
+        return
+    import torch  # lazy: only for mixed-precision profiles
+
+    if not torch.cuda.is_available():
+        raise LaunchError(f"profile `{profile}` trains in mixed precision (optim_wrapper AmpOptimWrapper), which "
+                          "mmengine runs on CUDA devices only, and none is visible here; use a GPU machine "
+                          "(or --launcher slurm), or a profile without it")
 
 
 def _seeds(spec, profile: str, value: Optional[str]) -> Optional[list[int]]:

@@ -134,3 +134,29 @@ def test_run_key_ignores_what_cannot_change_a_result_and_survives_config_py(tabl
         assert configs.run_key(changed) != key, change
     configs.dump(cfg, tmp_path / "config.py")
     assert configs.run_key(Config.fromfile(str(tmp_path / "config.py"), import_custom_modules=False)) == key
+
+
+@pytest.mark.parametrize("profile, dtype", [("paper-bf16", "bfloat16"), ("paper-fp16", "float16")])
+def test_mixed_precision_profiles_train_with_mmengines_amp_wrapper(table2, profile, dtype):
+    (run,) = table2.runs(profile, variants=["dwt"])
+    cfg = configs.resolve(table2, run)
+    paper = configs.resolve(table2, table2.runs("paper", variants=["dwt"])[0])
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.dtype) == ("AmpOptimWrapper", dtype)
+    assert cfg.optim_wrapper.optimizer == paper.optim_wrapper.optimizer  # the paper's schedule otherwise
+    assert cfg.train_cfg == paper.train_cfg and cfg.model == paper.model
+
+
+def test_mixed_precision_without_cuda_is_refused_before_launching(monkeypatch, tmp_path, tiny_data):
+    import torch
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ABLATE_WORK_DIR", str(tmp_path / "work_dirs"))
+    monkeypatch.delenv("ABLATE_FULL_ERROR", raising=False)
+    result = CliRunner().invoke(app, ["run", "table2", "-p", "paper-bf16", "--data-root",
+                                      str(tiny_data / "synthetic_ade20k"), "--variants", "baseline"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "profile `paper-bf16` trains in mixed precision (optim_wrapper AmpOptimWrapper)" in result.output
+    assert not (tmp_path / "work_dirs").exists()

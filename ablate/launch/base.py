@@ -83,6 +83,7 @@ class Launcher(abc.ABC):
 
     name: ClassVar[str]
     can_detach: ClassVar[bool] = False  # whether runs go on after `ablate run` exits
+    on_this_machine: ClassVar[bool] = True  # whether workers run here (and see this machine's devices)
     processes_per_run: int = 1  # the world size of one run
 
     @abc.abstractmethod

@@ -106,6 +106,7 @@ class SlurmLauncher(Launcher):
 
     name = "slurm"
     can_detach = True
+    on_this_machine = False
 
     def __init__(self, options: SlurmOptions = SlurmOptions()):
         if options.scheduler not in ("slurm", "local"):
