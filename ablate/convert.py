@@ -260,7 +260,8 @@ def _is_url(source: str | os.PathLike) -> bool:
     return str(source).startswith(("http://", "https://"))
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -304,7 +305,7 @@ def _open(source: str | os.PathLike, cache_dir, trusted: bool) -> tuple[dict, Or
     checkpoint = load_checkpoint_file(path, trusted=trusted)
     state_dict = checkpoint["state_dict"]
     converted = convert_state_dict(state_dict)
-    info = {"source": str(source), "file": str(path), "sha256": _sha256(path),
+    info = {"source": str(source), "file": str(path), "sha256": sha256_of(path),
             "format": checkpoint_format(state_dict), "converted": sum(_rename(k) != k for k in state_dict),
             "keys": len(converted)}
     return checkpoint, converted, info

@@ -24,7 +24,6 @@ torch, mmengine and mmseg are imported inside :func:`evaluate`, so that reading 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import uuid
@@ -122,7 +121,7 @@ def evaluate(study: Study, profile: str, variant: str, source: str, data_root: s
     path = convert.fetch(source, cache_dir) if _is_url(source) else Path(source)
     if not path.is_file():
         raise CheckpointError(f"{source}: no such checkpoint file")
-    sha256 = _sha256(path)
+    sha256 = convert.sha256_of(path)
     # ablate's own checkpoints hold mmengine's message hub, which only a full unpickling reads
     trusted = not _is_url(source) and path.resolve().is_relative_to(root.path.resolve())
     eval_dir = root.eval_dir(study.name, profile, variant, source, sha256)
@@ -247,14 +246,6 @@ def read_evaluations(study: Study, profile: str,
             if record is not None:
                 found.append(record)
     return found, problems
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _percent(value) -> float | None:

@@ -34,6 +34,7 @@ from typing import Callable
 
 from ablate import configs
 from ablate.io import read_json, write_json
+from ablate.measure import device_name
 from ablate.runs import Run, WorkRoot, folder
 from ablate.study import Study
 
@@ -182,7 +183,7 @@ def _time_variant(cfg, run: Run, key: str, torch) -> tuple[Timing, int | None, s
             eval_per_image = seconds[-1] / images if images else None
     timing = Timing(round(statistics.median(durations[WARMUP_ITERS:]), 5),
                     round(eval_per_image, 5) if eval_per_image is not None else None, TIMED_ITERS, key)
-    return timing, val_images, device_name(device, torch)
+    return timing, val_images, device_name(str(device))
 
 
 def _endless(loader):
@@ -198,18 +199,6 @@ def _stopwatch(durations: list[float], device, torch):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     durations.append(time.perf_counter() - start)
-
-
-def device_name(device, torch) -> str:
-    """``cuda: NVIDIA H200`` or ``cpu: <model name> (N threads)``."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = ""
-    with contextlib.suppress(OSError):
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    threads = torch.get_num_threads()
-    return f"cpu: {model or 'unknown model'} ({threads} thread{'s' * (threads > 1)})"
 
 
 def _to_json(study: Study, profile: str, timings: Timings) -> dict:

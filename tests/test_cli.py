@@ -1,5 +1,4 @@
 """The CLI's study and config commands, through a real subprocess where start-up matters."""
-import os
 import subprocess
 import sys
 from pathlib import Path

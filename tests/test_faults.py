@@ -21,7 +21,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from ablate.io import write_json
 from ablate.runs import Progress, RunStatus, WorkRoot, read_state
 from ablate.runs.records import ATTEMPTS_FILE, Attempt, append_attempt
 from ablate.study import load_study
@@ -356,7 +355,7 @@ def test_11_labels_out_of_range_are_named_before_anything_launches(runs, tiny_da
     label = sorted((data / "annotations" / "training").glob("*.png"))[0]
     Image.fromarray(np.full((32, 48), 200, dtype=np.uint8)).save(label)
     code, out = invoke("run", "tiny", "-p", "paper", "--data-root", data)
-    assert code == 2 and f"annotations/training: 1 label map(s) with values above 150" in out, out
+    assert code == 2 and "annotations/training: 1 label map(s) with values above 150" in out, out
     assert f"{label.name} (max 200)" in out
 
 

@@ -98,7 +98,7 @@ def test_plan_measure_times_every_variant_and_keeps_it_in_timings_json(tiny_stud
     assert torch.get_num_threads() == threads
     study = load_study("tiny")
     data = json.loads(WorkRoot.of(None).timings_file("tiny", "smoke").read_text())
-    assert set(data["variants"]) == {"a", "b", "c"} and re.fullmatch(r"cpu: .+ \(1 thread\)", data["device"])
+    assert set(data["variants"]) == {"a", "b", "c"} and re.fullmatch(r".+ \(cpu, 1 thread\)", data["device"])
     assert data["val_images"] == 2 and data["per_process_batch"] == 2 and data["processes"] == 1
     for run in study.runs("smoke"):
         timing = data["variants"][run.variant]

@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from ablate import configs
-from ablate.io import read_json, write_json
+from ablate.io import write_json
 from ablate.runs import folder
 from ablate.runs.lock import RunLock
 from ablate.study import load_study

@@ -192,7 +192,8 @@ def device_name(device: str) -> str:
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         return f"{torch.cuda.get_device_name(index)} (cuda:{index})"
-    return f"{cpu_model()} ({dev.type}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()} ({dev.type}, {threads} thread{'s' * (threads != 1)})"
 
 
 def cpu_model() -> str:

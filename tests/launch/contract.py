@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
-from ablate.runs import Failure, WorkRoot
+from ablate.runs import Failure, Run, WorkRoot
 
 TIMEOUT_S = 90
 

@@ -29,7 +29,6 @@ import types
 from pathlib import Path
 
 import mmengine.model
-import torch
 from mmcv.cnn import ConvModule, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmseg.models.utils import resize
