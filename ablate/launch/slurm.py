@@ -133,6 +133,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         if env.num_tasks > 1:
             # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for torch.distributed's env:// init
             submitit.helpers.TorchDistributedEnvironment().export()
+        # Before torch loads, as the local pool does: one OpenMP thread per CPU the job was given
+        # (without cgroup binding torch starts one per core of the node, however many jobs share
+        # it) and idle threads that sleep instead of spinning. A value the job inherits wins.
+        os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         worker = importlib.import_module(self.worker)  # torch and mmseg load here
         # Only rank 0 requeues (submitit's rule); a worker without the hook (a test's) keeps submitit's handler.
         if env.global_rank == 0 and hasattr(worker, "AFTER_ITERATION"):
