@@ -14,11 +14,11 @@ environment: the virtualenv's ``PATH``, ``PYTHONPATH``) and ``--chdir`` set to t
 ``ablate run`` ran in (relative paths of the configs, such as ``data_root``, mean the same). The
 run folders and the virtualenv must be on a filesystem that the compute nodes share.
 
-What the scheduler says of a job (:func:`query`) comes from ``sacct`` when accounting answers,
-else from the controller (``scontrol show job``, which also gives squeue's reason for a waiting
-job), else the job is ``GONE``; a controller that does not answer leaves the job ``UNKNOWN`` and
-active, so that nothing is recorded as failed during an outage. submitit's own state polling
-(sacct only, UNKNOWN without accounting, and warnings printed into ablate's output) is not used.
+What the scheduler says of a job (:func:`query`) comes from the controller (``scontrol show
+job``: squeue's state and reason) while it holds the job, then from ``sacct`` when accounting
+answers, else the job is ``GONE``; a controller that does not answer leaves the job ``UNKNOWN``
+and active, so that nothing is recorded as failed during an outage. submitit's own state polling
+(sacct only: UNKNOWN without accounting, its warnings printed into ablate's output) is not used.
 
 Writes submitit's files (the pickled job, the sbatch script, the job's stdout and stderr) to
 ``WORK_DIR/submitit/``, and for a job that ended without a result ``failed.json`` (with the
@@ -59,13 +59,11 @@ ASK_TIMEOUT_S = 30  # a Slurm command that takes longer than this has not answer
 # JobRequeue=0, and the submitting shell's environment (the venv's python, PYTHONPATH).
 SBATCH_ALWAYS = {"requeue": True, "export": "ALL"}
 
-# Slurm's job states. Ended: the job never runs again; waiting: pending, or held after a requeue.
-# sacct keeps PREEMPTED, REQUEUED or NODE_FAIL for an attempt that ended while the job itself comes
-# back (--requeue), so for those words the controller is asked whether the job is pending again.
+# Slurm's job states. Ended: the job never runs again (the controller's PREEMPTED is PreemptMode
+# CANCEL's; under REQUEUE it pends again); waiting: pending, or held after a requeue.
 ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
          "PREEMPTED", "REVOKED", "TIMEOUT"}
 WAITING = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
-COMES_BACK = {"PREEMPTED", "REQUEUED", "NODE_FAIL"}
 GONE = "GONE"
 
 
@@ -351,27 +349,25 @@ class SlurmHandle(RunHandle):
 
 
 def query(job_id: str) -> JobState:
-    """What Slurm says of a job: sacct when accounting answers, else the controller, else ``GONE``.
+    """What Slurm says of a job: the controller while it holds the job, then sacct, else ``GONE``.
 
-    sacct decides for a job that has ended (the controller forgets it after MinJobAge); a job
-    that is not over, or that sacct records as PREEMPTED, REQUEUED or NODE_FAIL (it may pend again),
-    is asked of the controller, which also says why a job waits (squeue's reason). A controller
-    that does not answer leaves the job ``UNKNOWN`` and active: nothing is taken for ended.
+    The controller's word is the current one: a cancelled or requeued job stays COMPLETING until
+    its processes are gone (up to KillWait), where sacct already says CANCELLED; a preempted job
+    pends again where sacct keeps PREEMPTED; and a waiting job has squeue's reason. The controller
+    forgets a job MinJobAge after its end; then accounting, when it answers, says how it ended.
+    A controller that does not answer leaves the job ``UNKNOWN`` and active.
     """
-    accounted = _from_sacct(job_id)
-    if accounted is not None and not accounted.active and accounted.state not in COMES_BACK:
-        return accounted
     try:
         live = _from_controller(job_id)
     except _NoAnswer as exc:
-        if accounted is not None and accounted.active:
-            return accounted
         return JobState(job_id, "UNKNOWN", active=True, reason=f"no answer from Slurm: {exc}")
     if live is not None:
         return live
-    if accounted is not None:  # the controller has forgotten it: it did not come back
+    accounted = _from_sacct(job_id)
+    if accounted is not None and not accounted.active:
         return accounted
-    return JobState(job_id, GONE, active=False, reason="neither sacct nor the controller knows it")
+    last = f"; sacct last recorded it {accounted.state}" if accounted is not None else ""
+    return JobState(job_id, GONE, active=False, reason=f"neither the controller nor sacct knows it{last}")
 
 
 class _NoAnswer(Exception):
@@ -379,7 +375,7 @@ class _NoAnswer(Exception):
 
 
 def _from_sacct(job_id: str) -> JobState | None:
-    """The job's allocation as accounting records it; None without accounting or a record (yet)."""
+    """The job's last allocation as accounting records it; None without accounting or a record."""
     code, out = _ask("sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,State,ExitCode,Reason")
     if code != 0:  # "Slurm accounting storage is disabled", or sacct missing
         return None

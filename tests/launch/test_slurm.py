@@ -1,6 +1,6 @@
 """The Slurm launcher without a cluster: the launcher contract through submitit's local executor,
 the generated sbatch script, options from the study and their checks (time limit, partition
-sizes from sinfo), job states read from Slurm's answers (recorded from a Slurm 22.05 cluster),
+sizes from sinfo), job states read from Slurm's answers (as Slurm 22.05 prints them),
 how an ended job is settled, the checkpoint on the preemption/timeout signal, --detach, and
 requeue-and-resume. tests/slurm/ runs the same against a real slurmctld."""
 import json
@@ -155,7 +155,7 @@ def test_an_unknown_study_option_is_named(tiny_study):
 
 
 @pytest.mark.parametrize("answers, expected", [
-    # accounting off: the controller answers
+    # the controller, while it holds the job (accounting on or off)
     (dict(sacct=SACCT_OFF, scontrol=scontrol("RUNNING")), JobState("12", "RUNNING", active=True)),
     (dict(sacct=SACCT_OFF, scontrol=scontrol("PENDING", "PartitionConfig")),
      JobState("12", "PENDING", active=True, queued=True, reason="PartitionConfig")),
@@ -163,30 +163,30 @@ def test_an_unknown_study_option_is_named(tiny_study):
      JobState("12", "CANCELLED", active=False, exit_code=-15)),
     (dict(sacct=SACCT_OFF, scontrol=scontrol("FAILED", "NonZeroExitCode", "1:0")),
      JobState("12", "FAILED", active=False, reason="NonZeroExitCode", exit_code=1)),
-    # neither knows it: gone; the controller does not answer: unknown, and not taken for ended
+    # sacct says CANCELLED at once; the job's processes are killed (KillWait) while the controller says
+    (dict(sacct=sacct("CANCELLED by 0"), scontrol=scontrol("COMPLETING")), JobState("12", "COMPLETING", active=True)),
+    # sacct keeps PREEMPTED for the attempt; the job pends again
+    (dict(sacct=sacct("PREEMPTED"), scontrol=scontrol("PENDING", "BeginTime")),
+     JobState("12", "PENDING", active=True, queued=True, reason="BeginTime")),
+    # the controller has forgotten it (MinJobAge): sacct says how it ended, else it is gone
+    (dict(sacct=sacct("TIMEOUT", "0:1", "TimeLimit"), scontrol=UNKNOWN_JOB),
+     JobState("12", "TIMEOUT", active=False, reason="TimeLimit", exit_code=-1)),
+    (dict(sacct=sacct("PREEMPTED", "0:15"), scontrol=UNKNOWN_JOB),
+     JobState("12", "PREEMPTED", active=False, exit_code=-15)),
     (dict(sacct=SACCT_OFF, scontrol=UNKNOWN_JOB),
-     JobState("12", "GONE", active=False, reason="neither sacct nor the controller knows it")),
-    (dict(sacct=SACCT_OFF, scontrol=NO_CONTROLLER),
+     JobState("12", "GONE", active=False, reason="neither the controller nor sacct knows it")),
+    (dict(sacct=(0, ""), scontrol=UNKNOWN_JOB),
+     JobState("12", "GONE", active=False, reason="neither the controller nor sacct knows it")),
+    (dict(sacct=sacct("RUNNING"), scontrol=UNKNOWN_JOB),
+     JobState("12", "GONE", active=False, reason="neither the controller nor sacct knows it; sacct last "
+                                                 "recorded it RUNNING")),
+    # a controller that does not answer says nothing: the job is not taken for ended
+    (dict(sacct=sacct("CANCELLED by 0"), scontrol=NO_CONTROLLER),
      JobState("12", "UNKNOWN", active=True, reason="no answer from Slurm: slurm_load_jobs error: Unable to contact "
                                                     "slurm controller (connect failure)")),
     (dict(), JobState("12", "UNKNOWN", active=True, reason="no answer from Slurm: scontrol: not found")),
-    # accounting on: sacct's word first, the controller's where a requeued job may be back
-    (dict(sacct=sacct("CANCELLED by 0", "0:15"), scontrol=scontrol("RUNNING")),
-     JobState("12", "CANCELLED", active=False, exit_code=-15)),
-    (dict(sacct=sacct("TIMEOUT", "0:1", "TimeLimit")),
-     JobState("12", "TIMEOUT", active=False, reason="TimeLimit", exit_code=-1)),
-    (dict(sacct=sacct("PREEMPTED", "0:15"), scontrol=scontrol("PENDING", "BeginTime")),
-     JobState("12", "PENDING", active=True, queued=True, reason="BeginTime")),
-    (dict(sacct=sacct("REQUEUED"), scontrol=scontrol("RUNNING")), JobState("12", "RUNNING", active=True)),
-    (dict(sacct=sacct("PENDING"), scontrol=scontrol("PENDING", "Resources")),  # squeue's reason, not sacct's
-     JobState("12", "PENDING", active=True, queued=True, reason="Resources")),
-    (dict(sacct=sacct("RUNNING"), scontrol=NO_CONTROLLER), JobState("12", "RUNNING", active=True)),
-    (dict(sacct=sacct("PREEMPTED", "0:15"), scontrol=UNKNOWN_JOB),
-     JobState("12", "PREEMPTED", active=False, exit_code=-15)),
-    (dict(sacct=(0, ""), scontrol=scontrol("PENDING", "Priority")),  # submitted, not yet in the accounting
-     JobState("12", "PENDING", active=True, queued=True, reason="Priority")),
 ])
-def test_the_job_state_comes_from_sacct_else_the_controller_else_it_is_gone(slurm_says, answers, expected):
+def test_the_job_state_comes_from_the_controller_else_sacct_else_it_is_gone(slurm_says, answers, expected):
     slurm_says(**answers)
     assert query("12") == expected
 
@@ -196,8 +196,8 @@ def test_an_ended_job_is_described_by_its_state_exit_code_and_reason():
         "job 7 ended CANCELLED without a result (killed by SIGTERM)")
     assert end_message(JobState("7", "FAILED", False, reason="NonZeroExitCode", exit_code=1)) == (
         "job 7 ended FAILED without a result (exit status 1, reason NonZeroExitCode)")
-    assert end_message(JobState("7", "GONE", False, reason="neither sacct nor the controller knows it")) == (
-        "job 7 is gone: neither sacct nor the controller knows it (it ended without a result)")
+    assert end_message(JobState("7", "GONE", False, reason="neither the controller nor sacct knows it")) == (
+        "job 7 is gone: neither the controller nor sacct knows it (it ended without a result)")
 
 
 # --------------------------------------------------------------------------- settling an ended job
