@@ -258,7 +258,8 @@ class SlurmLauncher(Launcher):
                                                          save_within_s))
             except Exception as exc:  # noqa: BLE001 - sbatch refusing a job is the user's to fix
                 raise LaunchError(f"{run.key}: submission failed: {str(exc).strip().splitlines()[-1]}") from None
-            handles.append(SlurmHandle(run, str(job.job_id), self.options.scheduler, job))
+            local = self.options.scheduler == "local"  # Slurm jobs are asked of Slurm, not of submitit
+            handles.append(SlurmHandle(run, str(job.job_id), self.options.scheduler, job if local else None))
         return handles
 
     def run_info(self) -> dict:
@@ -309,7 +310,8 @@ class SlurmHandle(RunHandle):
         run: the run.
         job_id: Slurm's job id, or the pid of submitit's local controller.
         scheduler: ``slurm`` or ``local``.
-        job: submitit's job, for local jobs submitted by this process (None: attached, known by pid).
+        job: submitit's job of a local job submitted by this process; None for Slurm jobs, and
+            for local jobs of an earlier `ablate run` (known by the pid of their controller).
     """
 
     def __init__(self, run: Run, job_id: str, scheduler: str, job: submitit.Job | None):
@@ -414,12 +416,12 @@ def end_message(job: JobState) -> str:
     """One line for a job that ended without a result: the scheduler's state, exit code, reason."""
     if job.state == GONE:
         return f"job {job.job_id} is gone: {job.reason} (it ended without a result)"
-    details = [describe_code(job.exit_code)] if job.exit_code else []
+    details = [_describe_code(job.exit_code)] if job.exit_code else []
     details += [f"reason {job.reason}"] if job.reason else []
     return f"job {job.job_id} ended {job.state} without a result" + (f" ({', '.join(details)})" if details else "")
 
 
-def describe_code(exit_code: int) -> str:
+def _describe_code(exit_code: int) -> str:
     """``exit status 1``, ``killed by SIGTERM``."""
     if exit_code >= 0:
         return f"exit status {exit_code}"

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slurm
 WAIT_S = 900  # for one scheduler event; generous, for a shared 2-core machine
 LONG = {"train_cfg.max_iters": 400, "train_cfg.val_interval": 400, "default_hooks.checkpoint.interval": 4}
 VARIANTS = {
-    "a": {},  # trains to the end: 8 iterations
+    "a": {"train_cfg.max_iters": 30, "train_cfg.val_interval": 30,  # trains to the end
+          "default_hooks.checkpoint.interval": 10},
     "b": LONG,  # requeued by `scontrol requeue`
     "c": {"train_cfg.max_iters": 24, "train_cfg.val_interval": 24,  # preempted by USR2: the only
           "default_hooks.checkpoint.interval": 1000},  # checkpoint before the last is the signal's
@@ -84,8 +85,7 @@ def study(cluster, tiny_data, tmp_path_factory):
         env.setenv("COLUMNS", "250")  # status rows on one line each
         env.delenv("ABLATE_FULL_ERROR", raising=False)
         yield load_study("cluster")
-    jobs = [json.loads(p.read_text()).get("job_id") for p in (root / "work_dirs").rglob("run.json")]
-    subprocess.run(["scancel", *filter(None, jobs)], capture_output=True)
+    kill(*(json.loads(p.read_text()).get("job_id") for p in (root / "work_dirs").rglob("run.json")))
 
 
 def runs(study, *variants):
@@ -127,6 +127,14 @@ def controller(job: str) -> str:
 
 def slurm(*command: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def kill(*jobs: str) -> None:
+    """End jobs a scenario no longer needs at once: SIGKILL for the running ones (a plain scancel
+    leaves them on a CPU for KillWait), scancel for the pending ones."""
+    jobs = [job for job in jobs if job]
+    for signal in (["--full", "--signal=KILL"], []):
+        subprocess.run(["scancel", *signal, *jobs], capture_output=True)
 
 
 def release(job: str) -> None:
@@ -175,14 +183,14 @@ def test_a_cpu_only_run_is_submitted_detached_followed_by_status_and_collected(s
         assert f"#SBATCH {directive}\n" in script, directive
     assert "gpu" not in script and "gres" not in script  # a CPU-only cluster refuses any GPU request
     wait_until("the job trains", lambda: controller(job) == "RUNNING" and iteration(run) >= 1)
-    assert re.search(rf"a/seed0 running \d+/8 .* job {job} running$", status_row("a"))  # the scheduler's word
+    assert re.search(rf"a/seed0 running \d+/30 .* job {job} running$", status_row("a"))  # the scheduler's word
     code, out = ablate("run", "cluster", "-p", "smoke", "--variants", "a", "--launcher", "slurm",
                        "--gpus-per-run", "0")  # waits for the detached job rather than submitting another
     assert code == 0 and "1 done" in out, out
     result = Result.read(run.work_dir)
-    assert result.iterations == 8 and result.world_size == 1
+    assert result.iterations == 30 and result.world_size == 1
     assert [a.host for a in result.attempts] == [cluster["node"]]  # trained on the compute node
-    assert re.search(r"a/seed0 done 8/8", status_row("a"))
+    assert re.search(r"a/seed0 done 30/30", status_row("a"))
     row = collect(study, "smoke", measure=False).runs.set_index("variant").loc["a"]
     assert row.status == "done" and row.miou_best == result.miou_best
     code, out = ablate("run", "cluster", "-p", "smoke", "--variants", "a", "--launcher", "slurm")
@@ -214,7 +222,7 @@ def test_a_requeued_and_a_usr2_preempted_job_wait_queued_and_resume(study):
         release(job)
     wait_until("b resumes", lambda: len(read_attempts(requeued.work_dir)) == 2)
     assert read_attempts(requeued.work_dir)[1].start_iter == resume_b
-    slurm("scancel", jobs["b"])  # 400 iterations are not needed to show it
+    kill(jobs["b"])  # 400 iterations are not needed to show it
     code, out = ablate("run", "cluster", "-p", "smoke", "--variants", "c", "--launcher", "slurm")
     assert code == 0 and "1 done" in out, out  # attached to the requeued job
     result = Result.read(preempted.work_dir)
@@ -269,7 +277,7 @@ def test_scancel_fails_a_detached_and_an_attached_run_with_the_reason_and_a_reru
         assert job_of(run) != jobs[run.variant]
         wait_until(f"{run.variant} resumes", lambda: len(read_attempts(run.work_dir)) == 2)
         assert read_attempts(run.work_dir)[1].start_iter == resume[run.variant] >= 4
-    slurm("scancel", job_of(detached), job_of(attached))
+    kill(job_of(detached), job_of(attached))
 
 
 def test_waiting_preempted_cancelled_and_forgotten_jobs(study, cluster, fake_worker):
@@ -292,11 +300,11 @@ def test_waiting_preempted_cancelled_and_forgotten_jobs(study, cluster, fake_wor
         slurm("scancel", jobs["z"])  # never started: cancelled at once
         assert re.search(rf"z/seed0 failed .* job {jobs['z']} ended CANCELLED without a result", status_row("z"))
     finally:
-        slurm("scancel", high)
+        kill(high)
     for run in (running, preempted):
         release(jobs[run.variant])
         wait_until(f"{run.variant} runs again", lambda: len(fake_worker.calls(run.work_dir)) == 2)
-    slurm("scancel", jobs["x"], jobs["y"])
+    kill(jobs["x"], jobs["y"])
     # a job that neither the controller nor accounting knows: gone, and its lock (another host's) is freed
     RunInfo(launcher="slurm", scheduler="slurm", job_id="4000000", lock_token="tok").write(gone.work_dir)
     (gone.work_dir / "lock").write_text("4242 node1 tok worker -\n")
