@@ -13,7 +13,7 @@ import pytest
 
 from ablate.errors import LaunchError
 from ablate.launch import slurm
-from ablate.launch.slurm import SlurmLauncher, SlurmOptions, TrainJob, end_message, query, save_before_requeue
+from ablate.launch.slurm import SlurmLauncher, SlurmOptions, end_message, query, save_before_requeue
 from ablate.runs import Failure, JobState, RunInfo, WorkRoot, folder
 from ablate.runs.lock import RunLock
 from ablate.study import load_study
