@@ -53,7 +53,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def cluster():
-    """The cluster's default partition, its node, CPUs per node and whether accounting answers."""
+    """The cluster's default partition, its node and its CPUs per node."""
     if shutil.which("sbatch") is None:
         pytest.skip("no Slurm client here (sbatch not on PATH); .ci/run starts a one-node cluster with "
                     "../shared/slurm/local-slurm.sh")
@@ -61,9 +61,8 @@ def cluster():
     nodes = [line.split("|") for line in done.stdout.split() if line.split("|")[0].endswith("*")]
     if done.returncode != 0 or not nodes:
         pytest.skip(f"no Slurm cluster answers: sinfo: {(done.stdout + done.stderr).strip() or 'no nodes'}")
-    accounting = subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True).returncode == 0
     partition, node, cpus = nodes[0]
-    return dict(partition=partition.rstrip("*"), node=node, cpus=int(cpus.rstrip("+")), accounting=accounting)
+    return dict(partition=partition.rstrip("*"), node=node, cpus=int(cpus.rstrip("+")))
 
 
 @pytest.fixture(scope="module")
