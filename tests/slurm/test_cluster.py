@@ -84,7 +84,7 @@ def study(cluster, tiny_data, tmp_path_factory):
         env.setenv("COLUMNS", "250")  # status rows on one line each
         env.delenv("ABLATE_FULL_ERROR", raising=False)
         yield load_study("cluster")
-    kill(*(json.loads(p.read_text()).get("job_id") for p in (root / "work_dirs").rglob("run.json")))
+    cancel(*(json.loads(p.read_text()).get("job_id") for p in (root / "work_dirs").rglob("run.json")))
 
 
 def runs(study, *variants):
@@ -128,12 +128,10 @@ def slurm(*command: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def kill(*jobs: str) -> None:
-    """End jobs a scenario no longer needs at once: SIGKILL for the running ones (a plain scancel
-    leaves them on a CPU for KillWait), scancel for the pending ones."""
-    jobs = [job for job in jobs if job]
-    for signal in (["--full", "--signal=KILL"], []):
-        subprocess.run(["scancel", *signal, *jobs], capture_output=True)
+def cancel(*jobs: str) -> None:
+    """Cancel jobs a scenario no longer needs (they hold their CPU for KillWait, 30 s here: Slurm
+    cancels the same way whatever signal scancel is given)."""
+    subprocess.run(["scancel", *filter(None, jobs)], capture_output=True)
 
 
 def release(job: str) -> None:
@@ -221,7 +219,7 @@ def test_a_requeued_and_a_usr2_preempted_job_wait_queued_and_resume(study):
         release(job)
     wait_until("b resumes", lambda: len(read_attempts(requeued.work_dir)) == 2)
     assert read_attempts(requeued.work_dir)[1].start_iter == resume_b
-    kill(jobs["b"])  # 400 iterations are not needed to show it
+    cancel(jobs["b"])  # 400 iterations are not needed to show it
     code, out = ablate("run", "cluster", "-p", "smoke", "--variants", "c", "--launcher", "slurm")
     assert code == 0 and "1 done" in out, out  # attached to the requeued job
     result = Result.read(preempted.work_dir)
@@ -276,7 +274,7 @@ def test_scancel_fails_a_detached_and_an_attached_run_with_the_reason_and_a_reru
         assert job_of(run) != jobs[run.variant]
         wait_until(f"{run.variant} resumes", lambda: len(read_attempts(run.work_dir)) == 2)
         assert read_attempts(run.work_dir)[1].start_iter == resume[run.variant] >= 4
-    kill(job_of(detached), job_of(attached))
+    cancel(job_of(detached), job_of(attached))
 
 
 def test_waiting_preempted_cancelled_and_forgotten_jobs(study, cluster, fake_worker):
@@ -299,11 +297,11 @@ def test_waiting_preempted_cancelled_and_forgotten_jobs(study, cluster, fake_wor
         slurm("scancel", jobs["z"])  # never started: cancelled at once
         assert re.search(rf"z/seed0 failed .* job {jobs['z']} ended CANCELLED without a result", status_row("z"))
     finally:
-        kill(high)
+        cancel(high)
     for run in (running, preempted):
         release(jobs[run.variant])
         wait_until(f"{run.variant} runs again", lambda: len(fake_worker.calls(run.work_dir)) == 2)
-    kill(jobs["x"], jobs["y"])
+    cancel(jobs["x"], jobs["y"])
     # a job that neither the controller nor accounting knows: gone, and its lock (another host's) is freed
     RunInfo(launcher="slurm", scheduler="slurm", job_id="4000000", lock_token="tok").write(gone.work_dir)
     (gone.work_dir / "lock").write_text("4242 node1 tok worker -\n")
