@@ -607,13 +607,15 @@ def status(
 
     from ablate.collect import describe, run_row, states
     from ablate.display import duration
-    from ablate.launch import job_state
+    from ablate.launch import job_state, settle
 
     spec, profile = _study_and_profile(study, profile)
     styles = {"done": "green", "running": "cyan", "queued": "cyan", "failed": "red", "pending": "dim",
               "stale": "yellow"}
     table = Table("run", "status", "iteration", "last mIoU", "best mIoU", "wall time", "note", box=None)
     found = states(spec, profile, job_state=job_state)
+    if any([settle(state) for state in found]):  # detached jobs that ended unseen: failed.json, lock released
+        found = states(spec, profile, job_state=job_state)
     for state in found:
         row = run_row(state, {})
         iteration = f"{row['iterations']}/{row['max_iters'] or '?'}" if row["iterations"] is not None else "-"

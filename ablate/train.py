@@ -11,7 +11,9 @@ timestamped log folder, and ``runtime_config.py``: the config as it actually ran
   :class:`ProgressHook`: iteration, loss, ETA, phase, the evaluations so far, and the time of all
   attempts, so that a killed attempt loses nothing that its checkpoint kept;
 - ``result.json``, atomically and last, when training and the final evaluation finished;
-- ``failed.json`` when an exception ends the attempt: a one-line error and the log's tail.
+- ``failed.json`` when an exception ends the attempt: a one-line error and the log's tail;
+- a checkpoint after the current iteration when asked through :data:`AFTER_ITERATION` (a Slurm
+  job's preemption or time-limit signal), besides the config's periodic ones.
 
 Every evaluation starts from the same random state (:class:`SeededValidation`), so that it
 depends on the weights alone.
@@ -44,6 +46,10 @@ from ablate.runs.records import ATTEMPTS_FILE, append_attempt, read_attempts
 
 EXIT_FAILED = 1
 PROGRESS_EVERY_S = 1.0
+# Callables that the training loop runs once, with the runner, after the current iteration: a
+# signal handler cannot save a checkpoint mid-iteration, so a Slurm job's preemption/time-limit
+# handler (ablate.launch.slurm.save_before_requeue) puts its save-and-requeue here.
+AFTER_ITERATION: list = []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,6 +303,8 @@ class ProgressHook(Hook):
             self.loss = value if math.isfinite(value) else None  # JSON has no NaN
         self.iteration = runner.iter + 1
         self._write(self.iteration, force=self.iteration >= self.max_iters)
+        while AFTER_ITERATION:
+            AFTER_ITERATION.pop(0)(runner)
 
     def before_val_epoch(self, runner) -> None:
         self.phase = "eval"

@@ -160,7 +160,7 @@ def test_status_shows_pending_runs_and_where_they_resume(runs):
     code, out = invoke("status", "tiny", "-p", "smoke")
     assert code == 0
     assert re.search(r"a/seed0\s+pending\s+-\s+-\s+-\s+-", out)
-    assert re.search(r"c/seed0\s+pending\s+3/4\s+7\.50\s+7\.50\s+1:05\s+resumes from iteration 2", out)
+    assert re.search(r"c/seed0\s+pending\s+2/4\s+7\.50\s+7\.50\s+1:05\s+resumes from iteration 2", out)
 
 
 def test_status_shows_a_run_waiting_for_a_free_slot_as_queued_and_the_one_training_as_running(runs, fake_worker):

@@ -43,7 +43,7 @@ def test_table2_has_the_papers_rows_and_numbers():
     assert paper["dwt_attention"] == pytest.approx({"mIoU": 44.12, "Params": 4.50, "FLOPs": 7.13})
     assert study.variants["dwt_attention"].overrides == {
         "model.decode_head.use_dwt": True, "model.decode_head.use_attention": True}
-    assert set(study.profiles) == {"paper", "smoke", "smoke-seeds", "smoke-short"}
+    assert set(study.profiles) == {"paper", "paper-bf16", "paper-fp16", "smoke", "smoke-seeds", "smoke-short"}
     assert study.profiles["smoke"].data == "synthetic"
 
 

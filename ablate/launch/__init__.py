@@ -16,7 +16,7 @@ from typing import Any
 
 from ablate.errors import LaunchError, one_of
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
-from ablate.runs import JobState, Run, RunInfo
+from ablate.runs import JobState, Run, RunInfo, RunState
 from ablate.study import Study
 
 # name -> the module and class of the backend
@@ -24,7 +24,8 @@ LAUNCHERS = {"local": ("ablate.launch.local", "LocalLauncher"),
              "torchrun": ("ablate.launch.torchrun", "TorchrunLauncher"),
              "slurm": ("ablate.launch.slurm", "SlurmLauncher")}
 
-__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "RunOutcome", "job_state", "launcher_class", "make_launcher"]
+__all__ = ["LAUNCHERS", "Launcher", "RunHandle", "RunOutcome", "job_state", "launcher_class", "make_launcher",
+           "settle"]
 
 
 def launcher_class(name: str) -> type[Launcher]:
@@ -43,6 +44,15 @@ def job_state(run: Run, info: RunInfo) -> JobState | None:
     return launcher_class(info.launcher).job_state(run, info)
 
 
+def settle(state: RunState) -> bool:
+    """Record the end of a run's job that ended unseen (:meth:`Launcher.settle` of the backend that
+    launched it); True when the run folder changed, so that ``state`` is out of date."""
+    job, info = state.job, state.info
+    if job is None or job.active or info is None or state.result is not None or info.launcher not in LAUNCHERS:
+        return False
+    return launcher_class(info.launcher).settle(state.run, info, job)
+
+
 def make_launcher(
     name: str,
     study: Study,
@@ -57,7 +67,7 @@ def make_launcher(
         study: the study (its ``resources`` and ``slurm`` sections give defaults).
         gpus: size of the local GPU pool (local, torchrun); None or 0: no pool.
         gpus_per_run: GPUs (processes) per run; default the study's ``resources.gpus_per_run``
-            (torchrun, slurm) or 1 (local).
+            (torchrun, slurm) or 1 (local); slurm: 0 runs one process on CPUs only.
         **slurm: :class:`~ablate.launch.slurm.SlurmOptions` fields given on the command line.
 
     Raises:
@@ -65,8 +75,9 @@ def make_launcher(
     """
     cls = launcher_class(name)
     for value, flag in ((gpus, "--gpus"), (gpus_per_run, "--gpus-per-run")):
-        if value is not None and value < (0 if flag == "--gpus" else 1):
-            raise LaunchError(f"{flag} {value}: must be {'0 or more' if flag == '--gpus' else 'at least 1'}")
+        least = 0 if flag == "--gpus" or name == "slurm" else 1  # a Slurm job may run on CPUs only
+        if value is not None and value < least:
+            raise LaunchError(f"{flag} {value}: must be {'0 or more' if least == 0 else 'at least 1'}")
     if name == "slurm":
         from ablate.launch.slurm import SlurmOptions
 

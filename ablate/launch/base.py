@@ -109,6 +109,20 @@ class Launcher(abc.ABC):
         knows it (runs on this machine answer through their lock instead)."""
         return None
 
+    @classmethod
+    def settle(cls, run: Run, info: RunInfo, job: JobState) -> bool:
+        """Record that the job ``run.json`` names has ended without a result, where no handle saw it
+        end (a detached run): release the run's lock if it still carries ``info.lock_token``, and
+        write ``failed.json`` with the scheduler's reason unless the worker wrote one. Returns
+        whether anything changed. Runs on this machine need nothing: their lock ends with them.
+
+        Args:
+            run: the run.
+            info: its ``run.json``.
+            job: the scheduler's word on that job, an ended one (``job.active`` is False).
+        """
+        return False
+
 
 def worker_command(work_dir: Path) -> list[str]:
     """The command that trains one run: ``python -m ablate.train WORK_DIR`` (see :data:`WORKER`)."""

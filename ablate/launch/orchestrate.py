@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from ablate import configs
 from ablate.display import duration
 from ablate.errors import LaunchError
-from ablate.launch import job_state
+from ablate.launch import job_state, settle
 from ablate.launch.base import Launcher, RunHandle, RunOutcome
 from ablate.runs import Failure, Progress, RecordError, Result, Run, RunInfo, RunState, folder, read_state
 from ablate.runs.lock import LAUNCHER, LockHeld, RunLock, new_token
@@ -125,6 +125,8 @@ def decide(run: Run, cfg, restart: bool, steal_lock: bool = False) -> RunDecisio
     """What to do with ``run`` given the config resolved for it now (the module doc's rules)."""
     key = configs.run_key(cfg)
     state = read_state(run, expected_key=lambda *_: key, job_state=job_state)
+    if settle(state):  # a detached job that ended unseen: its failure recorded, its lock released
+        state = read_state(run, expected_key=lambda *_: key, job_state=job_state)
     decision = RunDecision(run, state, "start", cfg, key)
     if state.result is not None or state.checkpoint is not None:
         if state.recorded_key != key:

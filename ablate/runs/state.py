@@ -52,6 +52,7 @@ class JobState:
     active: bool  # waiting or running
     queued: bool = False  # waiting to start
     reason: str | None = None  # why it waits, or how it ended
+    exit_code: int | None = None  # of an ended job's process (negative: the signal that killed it)
 
 
 # (run, its run.json) -> the scheduler's word on its job, or None where no scheduler knows it
@@ -80,10 +81,12 @@ class RunState:
 
     @property
     def iteration(self) -> int | None:
-        """Training iterations done: the result's, else the progress', else the newest checkpoint's."""
+        """Training iterations done: the result's, else the progress' while a worker runs, else the
+        newest checkpoint's (where the run resumes: a killed attempt's later iterations are lost),
+        else the last attempt's progress."""
         if self.result is not None and self.result.iterations is not None:
             return self.result.iterations
-        if self.progress is not None:
+        if self.progress is not None and (self.status is RunStatus.RUNNING or self.checkpoint is None):
             return self.progress.iteration
         return self.checkpoint[1] if self.checkpoint else None
 
