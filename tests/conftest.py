@@ -102,7 +102,6 @@ def fake_worker(monkeypatch) -> FakeWorker:
     monkeypatch.setattr(ablate.launch.base, "WORKER", "fake_worker")
     path = str(REPO / "tests" / "launch")
     monkeypatch.setenv("PYTHONPATH", path + _os.pathsep + _os.environ.get("PYTHONPATH", ""))
-    monkeypatch.syspath_prepend(path)  # for workers forked from the preloaded server: they get our sys.path
     return FakeWorker()
 
 
