@@ -27,9 +27,7 @@ import hashlib
 import os
 import pickle
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,7 +47,6 @@ RENAMES_0X = [
     (re.compile(r"^(backbone\.block\d+\.\d+\.mlp\.dwconv)\.dwconv\.(weight|bias)$"), r"\1.\2"),
 ]
 SHOWN = 5  # keys listed in an error before "and N more"
-DOWNLOAD_TIMEOUT_S = 60
 # SegNeXt sizes as (embed dims, depths), for naming a backbone in messages.
 MSCAN_SIZES = {
     ((32, 64, 160, 256), (3, 3, 5, 2)): "SegNeXt-T",
@@ -274,24 +271,13 @@ def fetch(url: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
     A file of the same name already in ``cache_dir`` is used as it is, as torch.hub does.
     """
+    from ablate.weights import cache_path, download_url
+
     name = Path(urllib.parse.urlparse(url).path).name
     if not name:
         raise CheckpointError(f"{url}: the URL names no file")
-    target = Path(cache_dir or Path(torch.hub.get_dir()) / "checkpoints") / name
-    if target.is_file():
-        return target
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, atomic_write(target) as tmp:
-            with open(tmp, "wb") as f:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    f.write(chunk)
-    except urllib.error.HTTPError as exc:
-        raise CheckpointError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise CheckpointError(f"cannot download {url}: {exc.reason}") from None
-    except (OSError, ValueError) as exc:  # timeouts, refused writes, malformed URLs
-        raise CheckpointError(f"cannot download {url}: {_first_line(exc)}") from None
-    return target
+    target = Path(cache_dir) / name if cache_dir is not None else cache_path(url)
+    return target if target.is_file() else download_url(url, target)
 
 
 def _open(source: str | os.PathLike, cache_dir, trusted: bool) -> tuple[dict, OrderedDict, dict]:

@@ -110,9 +110,17 @@ def download(checkpoint: Checkpoint, progress: Callable[[int, int | None], None]
     Raises:
         CheckpointError: the server or the network failed, or the file came back short.
     """
-    target = checkpoint.path
+    return download_url(checkpoint.url, checkpoint.path, progress)
+
+
+def download_url(url: str, target: Path, progress: Callable[[int, int | None], None] | None = None) -> Path:
+    """Download ``url`` to ``target``, atomically (a partial download never sits at ``target``).
+
+    Raises:
+        CheckpointError: the server or the network failed, or the file came back short.
+    """
     try:
-        request = urllib.request.Request(checkpoint.url, headers={"User-Agent": "ablate"})
+        request = urllib.request.Request(url, headers={"User-Agent": "ablate"})
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response, atomic_write(target) as tmp:
             total = int(response.headers.get("Content-Length") or 0) or None
             done = 0
@@ -123,13 +131,14 @@ def download(checkpoint: Checkpoint, progress: Callable[[int, int | None], None]
                     if progress:
                         progress(done, total)
             if total is not None and done != total:
-                raise CheckpointError(f"cannot download {checkpoint.url}: got {done} of {total} bytes")
+                raise CheckpointError(f"cannot download {url}: got {done} of {total} bytes")
     except urllib.error.HTTPError as exc:
-        raise CheckpointError(f"cannot download {checkpoint.url}: HTTP {exc.code} {exc.reason}") from None
+        raise CheckpointError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise CheckpointError(f"cannot download {checkpoint.url}: {exc.reason}") from None
-    except (OSError, http.client.HTTPException) as exc:  # timeouts, a dropped connection, an unwritable cache
-        raise CheckpointError(f"cannot download {checkpoint.url} to {target}: {exc or type(exc).__name__}") from None
+        raise CheckpointError(f"cannot download {url}: {exc.reason}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # timeouts, a dropped connection, an
+        # unwritable cache, a malformed URL
+        raise CheckpointError(f"cannot download {url} to {target}: {exc or type(exc).__name__}") from None
     return target
 
 
